@@ -1,0 +1,1 @@
+"""rtkit's benchmarks: ``make bench`` runs them and writes ``benchmarks/results/``."""

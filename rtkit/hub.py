@@ -1,0 +1,308 @@
+"""The hub: channel subscriptions, encode-once fan-out to local subscribers, and counters.
+
+Data path: ``publish`` encodes a message to JSON once, prefixes the publisher's token (so a
+sender can be left out of its own fan-out, even across processes) and hands the bytes to the
+backend. The backend delivers them to every subscribed hub, and each hub builds one ``Frame``
+and offers it to each local subscriber's outbox. Offering never awaits: a full outbox answers
+by its own policy, so one slow socket cannot hold up a channel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+
+from rtkit.backends.base import Backend, BackendHealth
+from rtkit.backends.memory import MemoryBackend
+from rtkit.channels import topic_channel
+from rtkit.codec import encode
+from rtkit.errors import NotStartedError
+from rtkit.frame import Frame
+from rtkit.messages import Event
+
+__all__ = ["Hub", "HubStats", "Subscriber", "new_token"]
+
+_TOKEN_BYTES = 8
+_NO_ORIGIN = bytes(_TOKEN_BYTES)
+# A random high half per process keeps tokens from two processes apart; the counter keeps
+# them apart within one.
+_PROCESS_PREFIX = secrets.randbits(31) << 32
+_counter = itertools.count(1)
+
+
+def new_token() -> int:
+    """A subscriber id unique across processes (used to leave a sender out of its own fan-out)."""
+    return _PROCESS_PREFIX | (next(_counter) & 0xFFFFFFFF)
+
+
+class Subscriber(Protocol):
+    """What the hub delivers to: in practice, a connected endpoint."""
+
+    @property
+    def token(self) -> int:
+        """A unique id from ``new_token()``."""
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue ``frame`` without waiting; False if the subscriber's outbox refused it."""
+
+    def on_gap(self, channel: str, missed: int) -> None:
+        """Messages of ``channel`` were lost in transit; queue a notice without waiting."""
+
+
+class HubStats:
+    """Counters of one hub since it started; plain integers, cheap to read."""
+
+    __slots__ = ("delivered", "dropped", "gaps", "published", "received")
+
+    def __init__(self) -> None:
+        self.published = 0
+        """Messages this process handed to the backend."""
+        self.received = 0
+        """Messages the backend delivered to this process (one per channel message)."""
+        self.delivered = 0
+        """Frames queued on a local subscriber's outbox."""
+        self.dropped = 0
+        """Frames a subscriber's outbox refused (full, or closing)."""
+        self.gaps = 0
+        """Losses the backend reported (each may cover several messages)."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class _Channel:
+    __slots__ = ("active", "lock", "members", "pending")
+
+    def __init__(self) -> None:
+        self.members: dict[int, Subscriber] = {}
+        self.pending = 0  # subscribe() calls under way: the channel must not be torn down
+        self.active = False  # the backend is subscribed
+        self.lock = anyio.Lock()
+
+
+class Hub:
+    """Routes messages between channels and the sockets subscribed to them.
+
+    Args:
+        backend: moves the bytes between processes; a fresh ``MemoryBackend`` by default.
+
+    Start it before use, with ``await hub.startup()`` / ``await hub.shutdown()`` or
+    ``async with hub:``; ``RealtimeRouter`` does this in the application's lifespan.
+    """
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        self.backend: Backend = backend if backend is not None else MemoryBackend()
+        self.stats = HubStats()
+        self._channels: dict[str, _Channel] = {}
+        self._subscriptions: dict[int, set[str]] = {}
+        self._started = False
+        self._starts = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """Whether ``startup()`` ran and ``shutdown()`` has not."""
+        return self._started
+
+    async def startup(self) -> None:
+        """Start the backend; the hub is usable once this returns.
+
+        Starts nest: a hub shared by two routers is started by each and stops when the last
+        of them calls ``shutdown()``.
+        """
+        self._starts += 1
+        if self._started:
+            return
+        try:
+            await self.backend.startup(self)
+        except BaseException:
+            self._starts -= 1
+            raise
+        self.stats = HubStats()
+        self._started = True
+
+    async def shutdown(self) -> None:
+        """Stop the backend and forget every subscription (when the last start is undone)."""
+        self._starts = max(0, self._starts - 1)
+        if not self._started or self._starts:
+            return
+        self._started = False
+        self._channels.clear()
+        self._subscriptions.clear()
+        await self.backend.shutdown()
+
+    async def __aenter__(self) -> Hub:
+        await self.startup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    def _check_started(self) -> None:
+        if not self._started:
+            raise NotStartedError(
+                "the Hub is not started: pass `lifespan=router.lifespan` to your Starlette or "
+                "FastAPI app (a mounted app gets no lifespan events of its own), use "
+                "`async with router:` / `async with hub:`, or call `await hub.startup()`."
+            )
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, channel: str, message: Any, *, exclude: Subscriber | None = None) -> None:
+        """Send ``message`` to every subscriber of ``channel``, in every process.
+
+        Args:
+            channel: the channel's name.
+            message: any value msgspec encodes (a Struct, a dict, a list...); encoded once.
+            exclude: a local subscriber to leave out (for example the sender).
+
+        Raises:
+            NotStartedError: the hub was not started.
+            BackendError: the backend could not take the message.
+        """
+        await self.publish_encoded(channel, encode(message), exclude=exclude)
+
+    async def publish_event(self, topic: str, data: Any) -> None:
+        """Deliver ``{"type": "event", "topic": topic, "data": data}`` to the topic's subscribers.
+
+        This is how application code (an HTTP handler, a background task) reaches the clients of
+        ``TopicEndpoint``: one awaited call, the data encoded once.
+        """
+        await self.publish(topic_channel(topic), Event(topic=topic, data=data))
+
+    async def publish_encoded(
+        self, channel: str, payload: bytes, *, exclude: Subscriber | None = None
+    ) -> None:
+        """Like ``publish``, for a message already encoded as JSON bytes."""
+        self._check_started()
+        origin = exclude.token.to_bytes(_TOKEN_BYTES, "big") if exclude is not None else _NO_ORIGIN
+        await self.backend.publish(channel, origin + payload)
+        self.stats.published += 1
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        """The backend's callback: fan one message out to this process's subscribers."""
+        self.stats.received += 1
+        state = self._channels.get(channel)
+        if state is None or not state.members:
+            return
+        origin = int.from_bytes(data[:_TOKEN_BYTES], "big")
+        frame = Frame(data[_TOKEN_BYTES:])
+        delivered = 0
+        members = state.members
+        for token, subscriber in members.items():
+            if token != origin and subscriber.offer(frame):
+                delivered += 1
+        self.stats.delivered += delivered
+        self.stats.dropped += len(members) - delivered - (origin in members)
+
+    def gap(self, channel: str, missed: int) -> None:
+        """The backend's callback: tell this process's subscribers of ``channel`` of a loss."""
+        self.stats.gaps += 1
+        state = self._channels.get(channel)
+        if state is not None:
+            for subscriber in state.members.values():
+                subscriber.on_gap(channel, missed)
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    async def subscribe(self, channel: str, subscriber: Subscriber) -> None:
+        """Deliver ``channel``'s messages to ``subscriber`` from now on.
+
+        Returns once a message published afterwards, by any process, is certain to arrive.
+        Subscribing twice is harmless.
+        """
+        self._check_started()
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel()
+        state.pending += 1
+        try:
+            async with state.lock:
+                if not state.active:
+                    await self.backend.subscribe(channel)
+                    state.active = True
+            state.members[subscriber.token] = subscriber
+            self._subscriptions.setdefault(subscriber.token, set()).add(channel)
+        finally:
+            state.pending -= 1
+            # A subscribe that failed or was cancelled before anyone joined leaves no trace.
+            abandoned = not state.active and not state.members and not state.pending
+            if abandoned and self._channels.get(channel) is state:
+                del self._channels[channel]
+
+    async def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
+        """Stop delivering ``channel`` to ``subscriber``; unknown pairs are ignored."""
+        self._check_started()
+        channels = self._subscriptions.get(subscriber.token)
+        if channels is not None:
+            channels.discard(channel)
+            if not channels:
+                del self._subscriptions[subscriber.token]
+        state = self._channels.get(channel)
+        if state is None or state.members.pop(subscriber.token, None) is None:
+            return
+        if not state.members and not state.pending:
+            await self._release(channel, state)
+
+    async def unsubscribe_all(self, subscriber: Subscriber) -> None:
+        """Remove ``subscriber`` from every channel (done for each socket as it closes)."""
+        if not self._started:
+            return
+        for channel in list(self._subscriptions.get(subscriber.token, ())):
+            await self.unsubscribe(channel, subscriber)
+
+    async def _release(self, channel: str, state: _Channel) -> None:
+        async with state.lock:
+            if state.members or state.pending:
+                return  # somebody subscribed while we waited for the lock
+            if state.active:
+                state.active = False
+                await self.backend.unsubscribe(channel)
+            if self._channels.get(channel) is state:
+                del self._channels[channel]
+
+    def subscriber_count(self, channel: str) -> int:
+        """How many local subscribers ``channel`` has."""
+        state = self._channels.get(channel)
+        return len(state.members) if state is not None else 0
+
+    def channels_of(self, subscriber: Subscriber) -> frozenset[str]:
+        """The channels ``subscriber`` is subscribed to."""
+        return frozenset(self._subscriptions.get(subscriber.token, ()))
+
+    @property
+    def channel_count(self) -> int:
+        """How many channels have local subscribers."""
+        return len(self._channels)
+
+    # -- presence ---------------------------------------------------------------------------
+
+    async def join(self, group: str, member: str, name: str) -> None:
+        """Record ``member`` as present in ``group`` under ``name`` (in every process)."""
+        self._check_started()
+        await self.backend.join(group, member, name)
+
+    async def leave(self, group: str, member: str) -> None:
+        """Remove ``member`` from ``group``."""
+        self._check_started()
+        await self.backend.leave(group, member)
+
+    async def members(self, group: str) -> list[str]:
+        """Names present in ``group``, in the order they joined."""
+        self._check_started()
+        return await self.backend.members(group)
+
+    def health(self) -> BackendHealth:
+        """The backend's health now."""
+        return self.backend.health()

@@ -1,0 +1,117 @@
+"""``RealtimeRouter``: the routes of rtkit endpoints, with the hub they share and its lifespan.
+
+A mounted Starlette or FastAPI sub-application never receives lifespan events, so the router
+cannot start its hub by itself when it is mounted: hand its lifespan to the host application
+(``lifespan=router.lifespan``), include it in FastAPI with ``include_router`` (FastAPI merges
+the lifespan of included routers), or enter ``async with router:`` in a lifespan of your own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from starlette.routing import BaseRoute, Router, WebSocketRoute
+
+from rtkit._types import Receive, Scope, Send
+from rtkit.endpoint import RealtimeEndpoint
+from rtkit.errors import ConfigurationError
+from rtkit.hub import Hub
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+__all__ = ["RealtimeRouter"]
+
+E = TypeVar("E", bound=type[RealtimeEndpoint])
+
+
+class RealtimeRouter:
+    """Routes for rtkit endpoints that share one hub; an ASGI app in its own right.
+
+    Args:
+        hub: the hub the endpoints share; a new in-memory ``Hub()`` by default.
+
+    Use it as the ``routes`` of an app, mount it, or include it in FastAPI::
+
+        router = RealtimeRouter()
+        router.add("/chat/{room}", ChatEndpoint)
+        app = Starlette(routes=[Mount("/ws", app=router)], lifespan=router.lifespan)
+    """
+
+    def __init__(self, *, hub: Hub | None = None) -> None:
+        self.hub = hub if hub is not None else Hub()
+        self._routes: list[BaseRoute] = []
+        self._app: Router | None = None
+
+    def add(self, path: str, endpoint: type[RealtimeEndpoint], *, name: str | None = None) -> None:
+        """Route WebSocket connections on ``path`` (Starlette syntax, ``{param}``) to ``endpoint``."""
+        if not (isinstance(endpoint, type) and issubclass(endpoint, RealtimeEndpoint)):
+            raise ConfigurationError(
+                f"RealtimeRouter.add() takes a RealtimeEndpoint subclass, got {endpoint!r}"
+            )
+        app = functools.partial(endpoint, hub=self.hub)
+        self._routes.append(WebSocketRoute(path, app, name=name or endpoint.__name__))
+        self._app = None
+
+    def websocket(self, path: str, *, name: str | None = None) -> Callable[[E], E]:
+        """Class decorator form of ``add``."""
+
+        def register(endpoint: E) -> E:
+            self.add(path, endpoint, name=name)
+            return endpoint
+
+        return register
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """The routes, for ``Starlette(routes=[...])`` or ``Router(routes=...)``."""
+        return list(self._routes)
+
+    # -- lifespan ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """A lifespan for the host app: starts the hub, and stops it at shutdown."""
+        async with self:
+            yield
+
+    async def __aenter__(self) -> RealtimeRouter:
+        await self.hub.startup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.hub.shutdown()
+
+    # -- as an application ------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the routes; as the top-level app it also runs the hub's lifespan."""
+        if self._app is None:
+            self._app = Router(routes=self._routes, lifespan=self.lifespan)
+        await self._app(scope, receive, send)
+
+    def api_router(self, **kwargs: Any) -> APIRouter:
+        """A FastAPI ``APIRouter`` with these routes and the hub's lifespan.
+
+        ``app.include_router(router.api_router(), prefix="/ws")`` mounts the endpoints and, as
+        FastAPI merges the lifespans of included routers, starts and stops the hub with the app.
+        Needs ``fastapi`` installed.
+        """
+        try:
+            from fastapi import APIRouter
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "RealtimeRouter.api_router() needs FastAPI: pip install fastapi"
+            ) from exc
+        api = APIRouter(lifespan=self.lifespan, **kwargs)
+        api.routes.extend(self._routes)
+        return api
