@@ -1,0 +1,170 @@
+"""The ready handlers (echo, chat, topics) through Starlette's TestClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+from anyio.from_thread import BlockingPortal
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from rtkit import ChatEndpoint, EchoEndpoint, Hub, RealtimeRouter, TopicEndpoint
+
+
+class QuietChat(ChatEndpoint):
+    """A subclass that does not echo messages to their sender."""
+
+    echo_to_sender: ClassVar[bool] = False
+
+
+hub = Hub()
+
+
+def build_app() -> Starlette:
+    router = RealtimeRouter(hub=hub)
+    router.add("/echo", EchoEndpoint)
+    router.add("/chat/{room}", ChatEndpoint)
+    router.add("/quiet/{room}", QuietChat)
+    router.add("/topics", TopicEndpoint)
+    router.add("/topics/{topic}", TopicEndpoint)
+    return Starlette(routes=router.routes, lifespan=router.lifespan)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def client(request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    with TestClient(build_app(), backend=request.param) as test_client:
+        yield test_client
+
+
+def portal(client: TestClient) -> BlockingPortal:
+    """The client's event loop portal, to run app code (a publish) next to the sockets."""
+    assert client.portal is not None
+    return client.portal
+
+
+def test_echo_returns_text_as_text_and_bytes_as_bytes(client: TestClient) -> None:
+    with client.websocket_connect("/echo") as ws:
+        ws.send_text("héllo {not json")
+        assert ws.receive_text() == "héllo {not json"
+        ws.send_bytes(b"\x00\xffbin")
+        assert ws.receive_bytes() == b"\x00\xffbin"
+
+
+def without_ts(message: dict[str, Any]) -> dict[str, Any]:
+    assert isinstance(message.pop("ts"), float)
+    return message
+
+
+def test_chat_room_lifecycle(client: TestClient) -> None:
+    with client.websocket_connect("/chat/lobby?name=ann") as ann:
+        assert ann.receive_json() == {"type": "welcome", "room": "lobby", "user": "ann", "members": ["ann"]}
+        with client.websocket_connect("/chat/lobby?name=bob") as bob:
+            assert bob.receive_json() == {
+                "type": "welcome",
+                "room": "lobby",
+                "user": "bob",
+                "members": ["ann", "bob"],
+            }
+            assert ann.receive_json() == {"type": "joined", "room": "lobby", "user": "bob"}
+            bob.send_json({"type": "say", "text": "hi all"})
+            expected = {"type": "message", "room": "lobby", "user": "bob", "text": "hi all"}
+            assert without_ts(ann.receive_json()) == expected
+            assert without_ts(bob.receive_json()) == expected  # the sender too
+            bob.send_json({"type": "say", "text": "with ref", "ref": "m2"})
+            assert without_ts(bob.receive_json())["text"] == "with ref"
+            assert bob.receive_json() == {"type": "said", "room": "lobby", "ref": "m2"}
+            assert without_ts(ann.receive_json())["text"] == "with ref"
+        assert ann.receive_json() == {"type": "left", "room": "lobby", "user": "bob"}
+        # The left member is gone from presence: a newcomer sees only ann.
+        with client.websocket_connect("/chat/lobby?name=cid") as cid:
+            assert cid.receive_json()["members"] == ["ann", "cid"]
+
+
+def test_rooms_are_isolated(client: TestClient) -> None:
+    with (
+        client.websocket_connect("/chat/a?name=ann") as ann,
+        client.websocket_connect("/chat/b?name=bob") as bob,
+    ):
+        ann.receive_json()
+        assert bob.receive_json()["members"] == ["bob"]
+        ann.send_json({"type": "say", "text": "only a"})
+        assert ann.receive_json()["text"] == "only a"
+        bob.send_json({"type": "say", "text": "only b"})
+        # bob's next frame is his own message: nothing from room a came first.
+        assert bob.receive_json()["text"] == "only b"
+
+
+def test_guest_names_and_the_name_limit(client: TestClient) -> None:
+    with client.websocket_connect("/chat/lobby") as guest:
+        welcome = guest.receive_json()
+        assert welcome["user"].startswith("guest-")
+        assert len(welcome["user"]) == 12
+    with (
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect(f"/chat/lobby?name={'x' * 65}"),
+    ):
+        pass
+    assert (refused.value.code, refused.value.reason) == (1008, "name too long")
+
+
+def test_a_subclass_can_stop_echoing_to_the_sender(client: TestClient) -> None:
+    with (
+        client.websocket_connect("/quiet/r?name=ann") as ann,
+        client.websocket_connect("/quiet/r?name=bob") as bob,
+    ):
+        ann.receive_json()
+        bob.receive_json()
+        ann.receive_json()  # joined bob
+        bob.send_json({"type": "say", "text": "1", "ref": 1})
+        assert bob.receive_json() == {"type": "said", "room": "r", "ref": 1}
+        assert ann.receive_json()["text"] == "1"
+
+
+def test_bad_chat_frames_get_error_frames(client: TestClient) -> None:
+    with client.websocket_connect("/chat/lobby?name=ann") as ann:
+        ann.receive_json()
+        ann.send_json({"type": "say"})
+        assert ann.receive_json() == {
+            "type": "error",
+            "code": "invalid_message",
+            "detail": "Object missing required field `text`",
+        }
+
+
+def test_topic_subscribe_publish_unsubscribe(client: TestClient) -> None:
+    with client.websocket_connect("/topics") as sub, client.websocket_connect("/topics") as pub:
+        sub.send_json({"type": "subscribe", "topic": "news", "ref": "s1"})
+        assert sub.receive_json() == {"type": "subscribed", "topic": "news", "ref": "s1"}
+        pub.send_json({"type": "publish", "topic": "news", "data": {"n": 1}, "ref": 9})
+        assert pub.receive_json() == {"type": "published", "topic": "news", "ref": 9}
+        assert sub.receive_json() == {"type": "event", "topic": "news", "data": {"n": 1}}
+        pub.send_json({"type": "publish", "topic": "news", "data": None})  # no ref: no answer
+        assert sub.receive_json() == {"type": "event", "topic": "news", "data": None}
+        sub.send_json({"type": "unsubscribe", "topic": "news"})
+        assert sub.receive_json() == {"type": "unsubscribed", "topic": "news"}
+        pub.send_json({"type": "publish", "topic": "news", "data": 2, "ref": 10})
+        assert pub.receive_json()["ref"] == 10  # published, and went to nobody
+        sub.send_json({"type": "subscribe", "topic": "other"})
+        # Had the event after unsubscribe reached sub, it would come before this answer.
+        assert sub.receive_json() == {"type": "subscribed", "topic": "other"}
+
+
+def test_the_path_variant_subscribes_at_connect_and_app_code_publishes(client: TestClient) -> None:
+    with client.websocket_connect("/topics/tasks") as ws:
+        portal(client).call(hub.publish_event, "tasks", {"id": 1})
+        assert ws.receive_json() == {"type": "event", "topic": "tasks", "data": {"id": 1}}
+
+
+def test_gap_notices_name_the_topic_or_room(client: TestClient) -> None:
+    with (
+        client.websocket_connect("/topics/t") as topic,
+        client.websocket_connect("/chat/r?name=a") as chat,
+    ):
+        chat.receive_json()
+        portal(client).call(hub.gap, "topic:t", 2)
+        portal(client).call(hub.gap, "room:r", 1)
+        assert topic.receive_json() == {"type": "gap", "missed": 2, "topic": "t"}
+        assert chat.receive_json() == {"type": "gap", "missed": 1, "room": "r"}

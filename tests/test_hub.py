@@ -1,0 +1,244 @@
+"""The hub and the in-memory backend, on asyncio and on trio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import msgspec
+import pytest
+
+from rtkit import Backend, Frame, Hub, MemoryBackend, NotStartedError
+from rtkit.backends.base import Receiver
+from rtkit.hub import new_token
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A subscriber that keeps what it is offered, and can refuse on demand."""
+
+    def __init__(self, *, accept: bool = True) -> None:
+        self.token = new_token()
+        self.accept = accept
+        self.frames: list[Frame] = []
+        self.gaps: list[tuple[str, int]] = []
+
+    def offer(self, frame: Frame) -> bool:
+        if self.accept:
+            self.frames.append(frame)
+        return self.accept
+
+    def on_gap(self, channel: str, missed: int) -> None:
+        self.gaps.append((channel, missed))
+
+    def decoded(self) -> list[Any]:
+        return [msgspec.json.decode(frame.payload) for frame in self.frames]
+
+
+async def test_using_a_hub_before_startup_says_what_to_do() -> None:
+    hub = Hub()
+    with pytest.raises(NotStartedError, match=r"lifespan=router\.lifespan"):
+        await hub.publish("c", {"x": 1})
+    with pytest.raises(NotStartedError):
+        await hub.subscribe("c", Recorder())
+    with pytest.raises(NotStartedError):
+        await hub.members("g")
+
+
+async def test_memory_backend_before_startup_says_what_to_do() -> None:
+    backend = MemoryBackend()
+    with pytest.raises(NotStartedError, match="start its Hub first"):
+        await backend.publish("c", b"x")
+
+
+async def test_publish_reaches_every_subscriber_with_one_shared_frame() -> None:
+    async with Hub() as hub:
+        subscribers = [Recorder() for _ in range(3)]
+        for subscriber in subscribers:
+            await hub.subscribe("room", subscriber)
+        await hub.publish("room", {"type": "hello", "n": 1})
+        frames = [s.frames for s in subscribers]
+        assert all(len(f) == 1 for f in frames)
+        # Encoded once: every subscriber holds the very same frame and ASGI event.
+        assert frames[0][0] is frames[1][0] is frames[2][0]
+        assert frames[0][0].event("json") is frames[1][0].event("json")
+        assert subscribers[0].decoded() == [{"type": "hello", "n": 1}]
+        assert hub.stats.as_dict() == {
+            "delivered": 3,
+            "dropped": 0,
+            "gaps": 0,
+            "published": 1,
+            "received": 1,
+        }
+
+
+async def test_channels_are_isolated_and_exclude_leaves_out_the_sender() -> None:
+    async with Hub() as hub:
+        sender, other, elsewhere = Recorder(), Recorder(), Recorder()
+        await hub.subscribe("a", sender)
+        await hub.subscribe("a", other)
+        await hub.subscribe("b", elsewhere)
+        await hub.publish("a", [1], exclude=sender)
+        assert sender.frames == []
+        assert other.decoded() == [[1]]
+        assert elsewhere.frames == []
+        assert hub.stats.dropped == 0
+
+
+async def test_unsubscribe_stops_delivery_and_frees_the_channel() -> None:
+    async with Hub() as hub:
+        first, second = Recorder(), Recorder()
+        await hub.subscribe("c", first)
+        await hub.subscribe("c", second)
+        await hub.subscribe("c", second)  # twice is harmless
+        assert hub.subscriber_count("c") == 2
+        await hub.unsubscribe("c", first)
+        await hub.publish("c", 1)
+        assert first.frames == []
+        assert second.decoded() == [1]
+        await hub.unsubscribe("c", second)
+        await hub.unsubscribe("c", second)  # unknown pairs are ignored
+        assert hub.subscriber_count("c") == 0
+        assert hub.channel_count == 0
+        await hub.publish("c", 2)
+        assert second.decoded() == [1]
+
+
+async def test_unsubscribe_all_leaves_every_channel() -> None:
+    async with Hub() as hub:
+        subscriber = Recorder()
+        for channel in ("a", "b", "c"):
+            await hub.subscribe(channel, subscriber)
+        assert hub.channels_of(subscriber) == {"a", "b", "c"}
+        await hub.unsubscribe_all(subscriber)
+        assert hub.channels_of(subscriber) == frozenset()
+        assert hub.channel_count == 0
+    await hub.unsubscribe_all(subscriber)  # after shutdown: nothing to do, no error
+
+
+async def test_refused_frames_are_counted_as_dropped() -> None:
+    async with Hub() as hub:
+        full, fine = Recorder(accept=False), Recorder()
+        await hub.subscribe("c", full)
+        await hub.subscribe("c", fine)
+        await hub.publish("c", "x")
+        assert (hub.stats.delivered, hub.stats.dropped) == (1, 1)
+
+
+async def test_publish_event_reaches_topic_subscribers() -> None:
+    async with Hub() as hub:
+        subscriber = Recorder()
+        await hub.subscribe("topic:news", subscriber)
+        await hub.publish_event("news", {"headline": "hi"})
+        assert subscriber.decoded() == [{"type": "event", "topic": "news", "data": {"headline": "hi"}}]
+
+
+async def test_publish_encoded_sends_bytes_as_they_are() -> None:
+    async with Hub() as hub:
+        subscriber = Recorder()
+        await hub.subscribe("c", subscriber)
+        await hub.publish_encoded("c", b'{"already":"json"}')
+        assert subscriber.frames[0].payload == b'{"already":"json"}'
+
+
+async def test_a_gap_reported_by_the_backend_reaches_the_channel_subscribers() -> None:
+    async with Hub() as hub:
+        on_channel, elsewhere = Recorder(), Recorder()
+        await hub.subscribe("c", on_channel)
+        await hub.subscribe("d", elsewhere)
+        hub.gap("c", 3)
+        hub.gap("nobody-listens", 1)
+        assert on_channel.gaps == [("c", 3)]
+        assert elsewhere.gaps == []
+        assert hub.stats.gaps == 2
+
+
+async def test_presence_keeps_join_order_and_forgets_who_left() -> None:
+    async with Hub() as hub:
+        await hub.join("room", "1", "ann")
+        await hub.join("room", "2", "bob")
+        await hub.join("other", "3", "cid")
+        assert await hub.members("room") == ["ann", "bob"]
+        await hub.leave("room", "1")
+        await hub.leave("room", "unknown")
+        assert await hub.members("room") == ["bob"]
+        await hub.leave("room", "2")
+        assert await hub.members("room") == []
+        assert await hub.members("other") == ["cid"]
+
+
+async def test_starts_nest_and_the_last_shutdown_stops() -> None:
+    hub = Hub()
+    await hub.startup()
+    await hub.startup()
+    await hub.shutdown()
+    assert hub.started
+    await hub.publish("c", 1)
+    await hub.shutdown()
+    assert not hub.started
+    await hub.shutdown()  # harmless
+    assert hub.health().state == "up"
+
+
+async def test_concurrent_subscribers_share_one_backend_subscription() -> None:
+    calls: list[str] = []
+
+    class Counting(MemoryBackend):
+        async def subscribe(self, channel: str) -> None:
+            calls.append(channel)
+            await anyio.lowlevel.checkpoint()  # yield, so that the second subscriber arrives meanwhile
+            await super().subscribe(channel)
+
+    async with Hub(Counting()) as hub:
+        first, second = Recorder(), Recorder()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.subscribe, "c", first)
+            tg.start_soon(hub.subscribe, "c", second)
+        assert calls == ["c"]
+        await hub.publish("c", 1)
+        assert len(first.frames) == len(second.frames) == 1
+
+
+async def test_a_failed_backend_subscribe_leaves_no_channel_behind() -> None:
+    class Failing(MemoryBackend):
+        async def subscribe(self, channel: str) -> None:
+            raise OSError("down")
+
+    async with Hub(Failing()) as hub:
+        with pytest.raises(OSError, match="down"):
+            await hub.subscribe("c", Recorder())
+        assert hub.channel_count == 0
+
+
+async def test_a_failed_backend_startup_leaves_the_hub_stopped() -> None:
+    class Failing(MemoryBackend):
+        async def startup(self, receiver: Receiver) -> None:
+            raise OSError("no server")
+
+    hub = Hub(Failing())
+    with pytest.raises(OSError, match="no server"):
+        await hub.startup()
+    assert not hub.started
+
+
+def test_a_backend_missing_part_of_the_contract_fails_at_construction() -> None:
+    class Incomplete(Backend):
+        async def startup(self, receiver: Receiver) -> None: ...
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()  # type: ignore[abstract]
+
+
+def test_frames_convert_to_msgpack_once() -> None:
+    frame = Frame(b'{"type":"event","data":[1,2]}')
+    event = frame.event("msgpack")
+    assert event is frame.event("msgpack")
+    assert msgspec.msgpack.decode(event["bytes"]) == {"type": "event", "data": [1, 2]}
+    assert frame.event("json")["text"] == '{"type":"event","data":[1,2]}'
+    assert frame.size == len(frame.payload)
+
+
+def test_tokens_are_unique() -> None:
+    assert len({new_token() for _ in range(1000)}) == 1000

@@ -1,0 +1,107 @@
+"""The per-connection outbox: bounds, overflow policies, order, and its writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from rtkit import Outbox
+from rtkit._types import Message
+
+
+def event(n: int) -> dict[str, Any]:
+    return {"type": "websocket.send", "text": str(n)}
+
+
+def texts(outbox: Outbox) -> list[str]:
+    return [e["text"] for e, _ in outbox._queue]
+
+
+def test_frames_queue_in_order_within_the_bounds() -> None:
+    outbox = Outbox(max_bytes=100, max_messages=10, policy="disconnect")
+    assert all(outbox.put(event(n), 10) for n in range(10))
+    assert len(outbox) == 10
+    assert outbox.queued_bytes == 100
+    assert texts(outbox) == [str(n) for n in range(10)]
+
+
+def test_drop_newest_refuses_what_does_not_fit() -> None:
+    outbox = Outbox(max_bytes=30, max_messages=100, policy="drop_newest")
+    assert [outbox.put(event(n), 10) for n in range(5)] == [True, True, True, False, False]
+    assert texts(outbox) == ["0", "1", "2"]
+    assert outbox.dropped == 2
+    assert not outbox.closing
+
+
+def test_drop_oldest_makes_room_by_bytes_and_by_count() -> None:
+    outbox = Outbox(max_bytes=30, max_messages=100, policy="drop_oldest")
+    for n in range(5):
+        assert outbox.put(event(n), 10)
+    assert texts(outbox) == ["2", "3", "4"]
+    assert outbox.dropped == 2
+    by_count = Outbox(max_bytes=10_000, max_messages=2, policy="drop_oldest")
+    for n in range(4):
+        by_count.put(event(n), 1)
+    assert texts(by_count) == ["2", "3"]
+
+
+def test_a_frame_larger_than_the_whole_bound_is_dropped_under_drop_oldest() -> None:
+    outbox = Outbox(max_bytes=30, max_messages=100, policy="drop_oldest")
+    outbox.put(event(0), 10)
+    assert not outbox.put(event(1), 31)
+    assert texts(outbox) == ["0"]
+    assert outbox.dropped == 1
+
+
+def test_disconnect_empties_the_queue_and_asks_for_close_1013() -> None:
+    outbox = Outbox(max_bytes=20, max_messages=100, policy="disconnect")
+    outbox.put(event(0), 10)
+    outbox.put(event(1), 10)
+    assert not outbox.put(event(2), 10)
+    assert outbox.overflowed
+    assert outbox.closing
+    assert len(outbox) == 0
+    assert outbox.queued_bytes == 0
+    assert outbox.dropped == 3
+    assert not outbox.put(event(3), 1)  # closing: nothing more is taken
+    assert not outbox.put_front(event(4), 1)
+
+
+def test_put_front_goes_ahead_of_what_waits() -> None:
+    outbox = Outbox(max_bytes=100, max_messages=10, policy="disconnect")
+    outbox.put(event(1), 1)
+    outbox.put_front(event(0), 1)
+    assert texts(outbox) == ["0", "1"]
+
+
+@pytest.mark.anyio
+async def test_the_writer_sends_everything_in_order_then_the_close() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[Message] = []
+    woke = anyio.Event()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if len(sent) == 2:
+            woke.set()
+
+    outbox.put(event(0), 1)
+    async with anyio.create_task_group() as tg:
+        result: list[tuple[int, str]] = []
+
+        async def write() -> None:
+            result.append(await outbox.drain(send))
+
+        tg.start_soon(write)
+        await anyio.wait_all_tasks_blocked()  # the writer drained and now waits idle
+        outbox.put(event(1), 1)  # wakes it
+        with anyio.fail_after(5):
+            await woke.wait()
+        outbox.put(event(2), 1)
+        outbox.close(4000, "bye")
+        outbox.close(4001, "ignored: the first close wins")
+    assert [m.get("text") for m in sent[:3]] == ["0", "1", "2"]
+    assert sent[3] == {"type": "websocket.close", "code": 4000, "reason": "bye"}
+    assert result == [(4000, "bye")]
