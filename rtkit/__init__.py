@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from rtkit._outbox import Outbox, OverflowPolicy
+from rtkit.auth import Authenticator, JWTAuthenticator, Principal
 from rtkit.backends.base import Backend, BackendHealth
 from rtkit.backends.memory import MemoryBackend
 from rtkit.channels import room_channel, topic_channel
 from rtkit.codec import MSGPACK_SUBPROTOCOL, WireFormat
-from rtkit.endpoint import RealtimeEndpoint
+from rtkit.endpoint import Action, RealtimeEndpoint
 from rtkit.errors import (
     BackendError,
     BackendUnavailableError,
@@ -17,13 +18,17 @@ from rtkit.errors import (
 )
 from rtkit.frame import Frame
 from rtkit.handlers import ChatEndpoint, EchoEndpoint, TopicEndpoint
-from rtkit.hub import Hub, HubStats
+from rtkit.hub import Hub
+from rtkit.limits import Limits
+from rtkit.metrics import Metrics
 from rtkit.routing import RealtimeRouter
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MSGPACK_SUBPROTOCOL",
+    "Action",
+    "Authenticator",
     "Backend",
     "BackendError",
     "BackendHealth",
@@ -33,11 +38,14 @@ __all__ = [
     "EchoEndpoint",
     "Frame",
     "Hub",
-    "HubStats",
+    "JWTAuthenticator",
+    "Limits",
     "MemoryBackend",
+    "Metrics",
     "NotStartedError",
     "Outbox",
     "OverflowPolicy",
+    "Principal",
     "RealtimeEndpoint",
     "RealtimeRouter",
     "RtkitError",

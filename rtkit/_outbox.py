@@ -8,11 +8,13 @@ and one wake-up drains everything queued meanwhile.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 import anyio
 
 from rtkit._types import Send
+from rtkit.metrics import Metrics
 
 __all__ = ["Outbox", "OverflowPolicy"]
 
@@ -34,6 +36,8 @@ class Outbox:
         max_bytes: the most payload bytes held at once.
         max_messages: the most frames held at once.
         policy: what to do when one more frame does not fit.
+        metrics: where frames sent and dropped are counted.
+        on_overflow: called once when the ``disconnect`` policy gives up on the socket.
     """
 
     __slots__ = (
@@ -44,11 +48,23 @@ class Outbox:
         "dropped",
         "max_bytes",
         "max_messages",
+        "metrics",
+        "on_overflow",
         "overflowed",
         "policy",
     )
 
-    def __init__(self, *, max_bytes: int, max_messages: int, policy: OverflowPolicy) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_messages: int,
+        policy: OverflowPolicy,
+        metrics: Metrics | None = None,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.on_overflow = on_overflow
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.policy = policy
@@ -81,6 +97,7 @@ class Outbox:
             True if queued; False if refused (closing, or the overflow policy dropped it).
         """
         if self._close is not None:
+            self._drop(1)
             return False
         queue = self._queue
         full = len(queue) >= self.max_messages or self._bytes + size > self.max_bytes
@@ -97,6 +114,7 @@ class Outbox:
         It is charged against the bound like any frame but never displaces others.
         """
         if self._close is not None:
+            self._drop(1)
             return False
         self._queue.appendleft((event, size))
         self._bytes += size
@@ -109,17 +127,24 @@ class Outbox:
             while queue and (len(queue) >= self.max_messages or self._bytes + size > self.max_bytes):
                 _, dropped_size = queue.popleft()
                 self._bytes -= dropped_size
-                self.dropped += 1
+                self._drop(1)
             return True
         if self.policy == "disconnect":
-            self.dropped += len(self._queue) + 1
+            self._drop(len(self._queue) + 1)
             self._queue.clear()
             self._bytes = 0
             self.overflowed = True
+            self.metrics.slow_consumer_disconnects += 1
             self.close(SLOW_CONSUMER_CLOSE, "slow consumer")
+            if self.on_overflow is not None:
+                self.on_overflow()
             return False
-        self.dropped += 1  # drop_newest, or a frame larger than the whole bound
+        self._drop(1)  # drop_newest, or a frame larger than the whole bound
         return False
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        self.metrics.dropped += count
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask the writer to send a close frame after what is queued; later frames are refused."""
@@ -140,11 +165,13 @@ class Outbox:
             The close code and reason that were sent.
         """
         queue = self._queue
+        metrics = self.metrics
         while True:
             while queue:
                 event, size = queue.popleft()
                 self._bytes -= size
                 await send(event)
+                metrics.messages_out += 1
             if self._close is not None:
                 code, reason = self._close
                 await send({"type": "websocket.close", "code": code, "reason": reason})

@@ -1,15 +1,76 @@
-"""The ``rtkit`` command line: ``rtkit serve`` runs the demo app on uvicorn."""
+"""The ``rtkit`` command line: ``rtkit serve`` runs the demo app; ``rtkit token`` signs a JWT."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
+from typing import get_args
 
 import rtkit
+from rtkit._outbox import OverflowPolicy
+from rtkit.limits import Limits
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "limits_from", "main"]
 
 WS_IMPLEMENTATIONS = ("auto", "websockets-sansio", "websockets", "wsproto")
+_DEFAULTS = Limits()
+
+
+def _off_if_zero(value: float) -> float | None:
+    return value if value > 0 else None
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("limits of every WebSocket route (0 turns a limit off)")
+    group.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=_DEFAULTS.max_message_bytes,
+        help="largest inbound frame; larger closes 1009",
+    )
+    group.add_argument(
+        "--rate",
+        type=float,
+        default=_DEFAULTS.rate,
+        help="inbound frames per second per connection (error frame rate_limited over it)",
+    )
+    group.add_argument(
+        "--burst", type=int, default=_DEFAULTS.burst, help="inbound frames allowed at once above --rate"
+    )
+    group.add_argument(
+        "--max-connections",
+        type=int,
+        default=_DEFAULTS.max_connections,
+        help="open connections per process; over it HTTP 503",
+    )
+    group.add_argument(
+        "--max-connections-per-principal",
+        type=int,
+        default=0,
+        help="open connections per authenticated principal",
+    )
+    group.add_argument(
+        "--max-topics", type=int, default=_DEFAULTS.max_topics, help="topics one connection may subscribe to"
+    )
+    group.add_argument(
+        "--idle-timeout", type=float, default=0, help="seconds without an inbound frame before close 1001"
+    )
+    group.add_argument(
+        "--heartbeat", type=float, default=0, help="seconds between heartbeat frames to each client"
+    )
+    group.add_argument(
+        "--outbox-bytes",
+        type=int,
+        default=_DEFAULTS.outbox_max_bytes,
+        help="bytes queued for one socket at most",
+    )
+    group.add_argument(
+        "--overflow",
+        choices=get_args(OverflowPolicy),
+        default=_DEFAULTS.overflow,
+        help="what a full outbox does (disconnect: close 1013)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind")
     serve.add_argument("--port", type=int, default=8000, help="TCP port to bind")
     serve.add_argument(
-        "--ws",
-        choices=WS_IMPLEMENTATIONS,
-        default="auto",
-        help="uvicorn's WebSocket implementation",
+        "--ws", choices=WS_IMPLEMENTATIONS, default="auto", help="uvicorn's WebSocket implementation"
     )
     serve.add_argument(
         "--ws-per-message-deflate",
@@ -46,23 +104,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level",
     )
     serve.add_argument("--task-limit", type=int, default=1000, help="how many tasks the demo keeps")
+    serve.add_argument(
+        "--jwt-secret",
+        default=os.environ.get("RTKIT_JWT_SECRET"),
+        help="HS256 secret of /ws/secure/topics/{topic} (env RTKIT_JWT_SECRET); "
+        "a public demo secret if unset",
+    )
+    _add_limit_flags(serve)
+
+    token = commands.add_parser(
+        "token",
+        help="print a signed HS256 JWT for the demo's secured route",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    token.add_argument("--secret", default=None, help="the server's --jwt-secret (the demo secret if unset)")
+    token.add_argument("--sub", required=True, help="the principal's name (JWT sub)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until the token expires")
     return parser
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The ``Limits`` that ``rtkit serve``'s flags ask for."""
+    return Limits(
+        max_message_bytes=args.max_message_bytes,
+        rate=_off_if_zero(args.rate),
+        burst=max(1, args.burst),
+        max_connections=int(args.max_connections) or None,
+        max_connections_per_principal=int(args.max_connections_per_principal) or None,
+        max_topics=args.max_topics,
+        idle_timeout=_off_if_zero(args.idle_timeout),
+        heartbeat_interval=_off_if_zero(args.heartbeat),
+        outbox_max_bytes=args.outbox_bytes,
+        overflow=args.overflow,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtkit`` command."""
     args = build_parser().parse_args(argv)
-    if args.command == "serve":  # pragma: no branch - the only command so far
-        import uvicorn
+    if args.command == "token":
+        from rtkit.auth import create_token
+        from rtkit.demo.app import DEMO_SECRET
 
-        from rtkit.demo import create_app
+        print(create_token(args.secret or DEMO_SECRET, args.sub, ttl=args.ttl))
+        return 0
+    import uvicorn
 
-        uvicorn.run(
-            create_app(task_limit=args.task_limit),
-            host=args.host,
-            port=args.port,
-            ws=args.ws,
-            ws_per_message_deflate=args.ws_per_message_deflate,
-            log_level=args.log_level,
-        )
+    from rtkit.demo import create_app
+
+    limits = limits_from(args)
+    uvicorn.run(
+        create_app(limits=limits, jwt_secret=args.jwt_secret, task_limit=args.task_limit),
+        host=args.host,
+        port=args.port,
+        ws=args.ws,
+        ws_per_message_deflate=args.ws_per_message_deflate,
+        # uvicorn refuses larger frames itself, before buffering them, with the same 1009.
+        ws_max_size=limits.max_message_bytes,
+        log_level=args.log_level,
+    )
     return 0

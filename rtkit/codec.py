@@ -39,8 +39,9 @@ _any_json_decoder: Final = msgspec.json.Decoder()
 
 
 class _RefProbe(msgspec.Struct):
-    """Reads only ``ref`` out of a frame that failed validation, to answer with it."""
+    """Reads ``type`` and ``ref`` out of a frame that failed validation, to answer with them."""
 
+    type: str | None = None
     ref: Ref = None
 
 
@@ -87,16 +88,16 @@ class Codec:
         return self.msgpack.decode(data)
 
     @staticmethod
-    def ref_of(data: str | bytes, wire: WireFormat = "json") -> Ref:
-        """Best effort: the ``ref`` of a frame that failed validation, or None."""
+    def probe(data: str | bytes, wire: WireFormat = "json") -> tuple[str | None, Ref]:
+        """Best effort: the ``type`` and ``ref`` of a frame that failed validation."""
         try:
             if wire == "json" or isinstance(data, str):
                 probe = _ref_probe_json.decode(data)
             else:
                 probe = _ref_probe_msgpack.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-        return probe.ref
+        except msgspec.DecodeError:
+            return None, None
+        return probe.type, probe.ref
 
 
 @functools.lru_cache(maxsize=256)

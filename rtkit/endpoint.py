@@ -1,19 +1,20 @@
-"""``RealtimeEndpoint``: Starlette's ``WebSocketEndpoint`` with typed messages and an outbox.
+"""``RealtimeEndpoint``: Starlette's ``WebSocketEndpoint`` with typed messages, guards and an outbox.
 
 One instance serves one connection, as in Starlette. The life of a connection:
 
-1. the handshake's path and query parameters are converted to ``params_type`` (if declared);
-   a mismatch refuses the socket before accept (close 1008, HTTP 403);
+1. admission, before accept: the handshake's path and query parameters are converted to
+   ``params_type``; the ``authenticator`` turns the handshake into ``self.principal``; the
+   connection caps are checked. A refusal never reaches user code (HTTP 403 or 503);
 2. ``on_connect`` runs; the default accepts, choosing MessagePack when the client offers the
    ``rtkit.msgpack`` subprotocol; returning without accepting refuses the socket;
-3. a writer task drains the connection's outbox, while the receive loop decodes each frame to
-   the declared ``inbound`` type and calls ``on_<type>`` (or ``on_message``) through
-   ``on_receive``; a bad frame gets an ``invalid_message`` error frame and the socket stays;
+3. a writer task drains the connection's outbox while the receive loop guards each frame
+   (size, rate), decodes it to ``inbound`` and calls ``on_<type>`` (or ``on_message``) through
+   ``on_receive``; a bad frame gets an error frame and the socket stays;
 4. ``on_disconnect`` runs once, whatever ended the connection, and the connection leaves every
    hub channel it had joined.
 
 An exception escaping user code closes that socket with 1011 and is logged with its traceback;
-other sockets are not affected.
+other sockets are not affected. The guards and their answers are listed in ``rtkit.limits``.
 """
 
 from __future__ import annotations
@@ -21,34 +22,45 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import anyio
 import msgspec
+from anyio.abc import TaskGroup
 from starlette.endpoints import WebSocketEndpoint
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from rtkit._outbox import Outbox, OverflowPolicy
+from rtkit._inbox import Inbox
+from rtkit._outbox import Outbox
 from rtkit._types import Message, Receive, Scope, Send
-from rtkit.codec import MSGPACK_SUBPROTOCOL, Codec, WireFormat, codec_for, encode
+from rtkit.auth import BEARER_SUBPROTOCOL, Authenticator, Principal
+from rtkit.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Codec, WireFormat, codec_for, encode
 from rtkit.errors import ConfigurationError
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
-from rtkit.messages import ErrorFrame, Gap, Ref
+from rtkit.limits import Limits, TokenBucket
+from rtkit.messages import ErrorFrame, Gap, Heartbeat, Ref
+from rtkit.metrics import Metrics
 
-__all__ = ["RealtimeEndpoint"]
+__all__ = ["Action", "RealtimeEndpoint"]
 
 logger = logging.getLogger("rtkit")
 
 Handler = Callable[[Any, WebSocket, Any], Awaitable[None]]
+Action: TypeAlias = Literal["subscribe", "publish", "join"]
+"""What ``on_authorize`` is asked about."""
 
 _INVALID = object()
 _NON_IDENTIFIER = re.compile(r"\W")
+_HEARTBEAT = Frame(encode(Heartbeat()))
 # How long cleanup (on_disconnect, leaving channels) may take while the server shuts down.
 _CLEANUP_TIMEOUT = 5.0
+_DENIAL_EXTENSION = "websocket.http.response"
 
 
 def _union_members(tp: Any) -> tuple[Any, ...]:
@@ -57,34 +69,27 @@ def _union_members(tp: Any) -> tuple[Any, ...]:
     return (tp,)
 
 
-def _tag_of(tp: Any) -> str | None:
+def _handler_name(tp: Any) -> str | None:
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         tag = tp.__struct_config__.tag
-        return str(tag) if tag is not None else None
+        if tag is not None:
+            return f"on_{_NON_IDENTIFIER.sub('_', str(tag))}"
     return None
 
 
 class RealtimeEndpoint(WebSocketEndpoint):
-    """A WebSocket endpoint with typed inbound messages, per-type handlers and an outbox.
+    """A WebSocket endpoint with typed inbound messages, per-type handlers, guards and an outbox.
 
     Subclass it, declare ``inbound`` (usually a union of tagged msgspec Structs) and write one
-    ``async def on_<tag>(self, websocket, message)`` per type, or one ``on_message``::
-
-        class Say(msgspec.Struct, tag="say"):
-            text: str
-
-        class Shout(RealtimeEndpoint):
-            inbound = Say
-
-            async def on_say(self, websocket: WebSocket, message: Say) -> None:
-                await self.send_message({"type": "shout", "text": message.text.upper()})
+    ``async def on_<tag>(self, websocket, message)`` per type, or one ``on_message``.
 
     Starlette's hooks keep their meaning: ``on_connect`` (accepts by default), ``on_receive``
     (receives the *decoded* message and routes it), ``on_disconnect``. Starlette's ``encoding``
     attribute is not used: frames are decoded by ``inbound``.
 
-    Endpoints that use a hub get it as a keyword argument: ``RealtimeRouter`` passes it, or wrap
-    the class yourself with ``functools.partial(MyEndpoint, hub=hub)``.
+    Endpoints get their hub, and optionally per-route ``limits`` and ``authenticator``, as
+    keyword arguments: ``RealtimeRouter.add`` passes them, or route
+    ``functools.partial(MyEndpoint, hub=hub)`` yourself.
     """
 
     inbound: ClassVar[Any] = None
@@ -93,12 +98,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
     """A msgspec Struct built from the path and query parameters of the handshake."""
     allow_msgpack: ClassVar[bool] = True
     """Accept the ``rtkit.msgpack`` subprotocol (binary MessagePack frames)."""
-    outbox_max_bytes: ClassVar[int] = 1 << 20
-    """The most payload bytes queued for one socket."""
-    outbox_max_messages: ClassVar[int] = 4096
-    """The most frames queued for one socket."""
-    overflow: ClassVar[OverflowPolicy] = "disconnect"
-    """What a full outbox does: close 1013 (``disconnect``), ``drop_oldest`` or ``drop_newest``."""
+    limits: Limits = Limits()
+    """The connection's limits; a route may override them (``router.add(..., limits=...)``)."""
+    authenticator: Authenticator | None = None
+    """Turns the handshake into ``self.principal``; None lets everyone in as ``principal=None``."""
 
     _codec: ClassVar[Codec | None] = None
     _routes: ClassVar[dict[type[Any], Handler]] = {}
@@ -119,35 +122,65 @@ class RealtimeEndpoint(WebSocketEndpoint):
         cls._codec = codec_for(cls.inbound)
         has_on_message = cls.on_message is not RealtimeEndpoint.on_message
         for member in _union_members(cls.inbound):
-            tag = _tag_of(member)
-            handler = getattr(cls, f"on_{_NON_IDENTIFIER.sub('_', tag)}", None) if tag else None
+            name = _handler_name(member)
+            handler = getattr(cls, name, None) if name else None
             if handler is not None:
                 cls._routes[member] = handler
             elif not has_on_message and not cls._custom_on_receive:
-                name = f"on_{_NON_IDENTIFIER.sub('_', tag)}" if tag else "on_message"
                 raise ConfigurationError(
                     f"{cls.__name__}.inbound accepts {getattr(member, '__name__', member)!r} "
-                    f"but the class has no {name}(self, websocket, message) and no on_message "
-                    "to handle it."
+                    f"but the class has no {name or 'on_<type>'}(self, websocket, message) and "
+                    "no on_message to handle it."
                 )
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, *, hub: Hub | None = None) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        hub: Hub | None = None,
+        limits: Limits | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         super().__init__(scope, receive, send)
         self._hub = hub
+        if limits is not None:
+            self.limits = limits
+        if authenticator is not None:
+            self.authenticator = authenticator
         self.token = new_token()
         """This connection's id, unique across processes."""
         self.wire: WireFormat = "json"
         """The connection's wire format, fixed at accept."""
         self.params: Any = None
         """The handshake's parameters as ``params_type``, or None if none is declared."""
+        self.principal: Principal | None = None
+        """Who the authenticator said the peer is, or None without an authenticator."""
         self.websocket: WebSocket = WebSocket(scope, receive=receive, send=send)
         """Starlette's view of the connection: headers, cookies, path and query parameters."""
+        self.metrics: Metrics = hub.metrics if hub is not None else Metrics()
+        """The counters this connection adds to (its hub's)."""
+        limits = self.limits
         self.outbox = Outbox(
-            max_bytes=self.outbox_max_bytes,
-            max_messages=self.outbox_max_messages,
-            policy=self.overflow,
+            max_bytes=limits.outbox_max_bytes,
+            max_messages=limits.outbox_max_messages,
+            policy=limits.overflow,
+            metrics=self.metrics,
+            on_overflow=self._on_overflow,
         )
         """Frames waiting for this socket."""
+        self._bucket = TokenBucket(limits.rate, limits.burst) if limits.rate is not None else None
+        self._invalid_in_row = 0
+        self._limited_in_row = 0
+        self._last_inbound = time.monotonic()
+        self._handling_since: float | None = None
+        self._inbox: Inbox | None = None
+        self._task_group: TaskGroup | None = None
+        self._close_deadline_set = False
+        self._sent_close: int | None = None
+        self._forced_close: int | None = None
+        self._admitted = False
 
     @property
     def hub(self) -> Hub:
@@ -159,10 +192,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
             )
         return self._hub
 
-    # -- Starlette's hooks ------------------------------------------------------------------
+    # -- Starlette's hooks, and rtkit's ------------------------------------------------------
 
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Accept the connection (override to authenticate, join rooms, or refuse)."""
+        """Accept the connection (override to join rooms, or refuse by not accepting)."""
         await self.accept()
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
@@ -179,6 +212,14 @@ class RealtimeEndpoint(WebSocketEndpoint):
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Called once when the connection ends, however it ended."""
 
+    async def on_authorize(self, action: Action, name: str) -> bool:
+        """May ``self.principal`` ``subscribe`` to, ``publish`` on or ``join`` ``name``?
+
+        The ready handlers ask before each of those; a refusal answers an error frame with
+        code ``forbidden`` and the connection stays. The default allows everything.
+        """
+        return True
+
     def on_gap(self, channel: str, missed: int) -> None:
         """Messages of a subscribed ``channel`` were lost between processes: tell the client.
 
@@ -190,11 +231,20 @@ class RealtimeEndpoint(WebSocketEndpoint):
     # -- operations for subclasses ----------------------------------------------------------
 
     async def accept(self, *, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Accept the handshake, choosing MessagePack if the client offers ``rtkit.msgpack``."""
+        """Accept the handshake, choosing MessagePack if the client offers ``rtkit.msgpack``.
+
+        A client that offered its token as a subprotocol pair (``rtkit.bearer``) gets
+        ``rtkit.bearer`` back, never the token.
+        """
+        offered = self.websocket.scope.get("subprotocols", ())
         subprotocol = None
-        if self.allow_msgpack and MSGPACK_SUBPROTOCOL in self.websocket.scope.get("subprotocols", ()):
+        if self.allow_msgpack and MSGPACK_SUBPROTOCOL in offered:
             subprotocol = MSGPACK_SUBPROTOCOL
             self.wire = "msgpack"
+        elif JSON_SUBPROTOCOL in offered:
+            subprotocol = JSON_SUBPROTOCOL
+        elif BEARER_SUBPROTOCOL in offered:
+            subprotocol = BEARER_SUBPROTOCOL
         await self.websocket.accept(subprotocol=subprotocol, headers=headers)
 
     async def send_message(self, message: Any) -> None:
@@ -217,6 +267,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._queue_error(code, detail, ref)
 
     def _queue_error(self, code: str, detail: str, ref: Ref) -> None:
+        self.metrics.errors[code] += 1
         self.send_frame(Frame(encode(ErrorFrame(code=code, detail=detail, ref=ref))))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -224,7 +275,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         if self.websocket.application_state == WebSocketState.CONNECTING:
             await self.websocket.close(code, reason)
         else:
-            self.outbox.close(code, reason)
+            self._request_close(code, reason)
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel``'s messages on this socket; returns when that is in place."""
@@ -238,12 +289,12 @@ class RealtimeEndpoint(WebSocketEndpoint):
         """Publish ``message`` on ``channel`` through the hub (encoded once)."""
         await self.hub.publish(channel, message, exclude=None if include_self else self)
 
-    # -- the connection's life --------------------------------------------------------------
+    # -- admission --------------------------------------------------------------------------
 
     async def dispatch(self) -> None:
-        """Run the connection: handshake, receive loop and writer, then cleanup."""
+        """Run the connection: admission, handshake, receive loop and writer, then cleanup."""
         websocket = self.websocket
-        if not await self._parse_params(websocket):
+        if not await self._admit(websocket):
             return
         close_code = 1000
         try:
@@ -255,28 +306,66 @@ class RealtimeEndpoint(WebSocketEndpoint):
             if websocket.application_state != WebSocketState.CONNECTED:
                 if websocket.application_state == WebSocketState.CONNECTING:
                     await websocket.close(1008)  # refused: uvicorn answers HTTP 403
+                self.metrics.refused["on_connect"] += 1
                 close_code = 1008
                 return
+            self.metrics.connections_accepted += 1
             close_code = await self._serve(websocket)
         finally:
+            self.metrics.closes[close_code] += 1
             await self._cleanup(websocket, close_code)
 
-    async def _parse_params(self, websocket: WebSocket) -> bool:
-        if self.params_type is None:
-            return True
-        raw = {**websocket.query_params, **websocket.path_params}
-        try:
-            self.params = msgspec.convert(raw, self.params_type, strict=False)
-        except msgspec.ValidationError as exc:
-            await websocket.close(1008, f"invalid parameters: {exc}"[:120])
-            return False
+    async def _admit(self, websocket: WebSocket) -> bool:
+        """Parameters, authentication and connection caps, before accept."""
+        if self.params_type is not None:
+            raw = {**websocket.query_params, **websocket.path_params}
+            try:
+                self.params = msgspec.convert(raw, self.params_type, strict=False)
+            except msgspec.ValidationError as exc:
+                return await self._refuse("params", 403, 1008, f"invalid parameters: {exc}")
+        if self.authenticator is not None:
+            try:
+                self.principal = await self.authenticator.authenticate(websocket)
+            except Exception:
+                logger.exception("%s: the authenticator failed; refusing the socket", type(self).__name__)
+                return await self._refuse("auth_error", 500, 1011, "authentication failed")
+            if self.principal is None:
+                return await self._refuse("auth", 403, 1008, "not authenticated")
+        limits, metrics = self.limits, self.metrics
+        if limits.max_connections is not None and metrics.connections_open >= limits.max_connections:
+            return await self._refuse("capacity", 503, 1013, "server at capacity")
+        principal = self.principal.id if self.principal is not None else None
+        per_principal = limits.max_connections_per_principal
+        if principal is not None and per_principal is not None:
+            if metrics.open_by_principal[principal] >= per_principal:
+                return await self._refuse("principal_capacity", 503, 1013, "too many connections")
+            metrics.open_by_principal[principal] += 1
+        metrics.connections_open += 1
+        self._admitted = True
         return True
+
+    async def _refuse(self, why: str, status: int, code: int, reason: str) -> bool:
+        """Refuse the handshake: an HTTP response where the server allows one, else a close."""
+        self.metrics.refused[why] += 1
+        websocket = self.websocket
+        if _DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
+            headers = {"Retry-After": str(self.limits.retry_after)} if status == 503 else None
+            await websocket.send_denial_response(PlainTextResponse(reason, status, headers=headers))
+        else:
+            await websocket.close(code, reason)
+        return False
+
+    # -- the connection's life --------------------------------------------------------------
 
     async def _serve(self, websocket: WebSocket) -> int:
         fault: BaseException | None = None
         close_code = 1006
         async with anyio.create_task_group() as tg:
+            self._task_group = tg
             tg.start_soon(self._write, tg.cancel_scope)
+            limits = self.limits
+            if limits.idle_timeout or limits.heartbeat_interval or limits.stall_check_interval:
+                tg.start_soon(self._watch)
             try:
                 close_code = await self._receive_loop(websocket)
             except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
@@ -286,13 +375,14 @@ class RealtimeEndpoint(WebSocketEndpoint):
             except Exception as exc:  # the one boundary: a fault in user code
                 fault = exc
             tg.cancel_scope.cancel()
+        self._task_group = None
         if fault is not None:
             return await self._fail("a handler", fault)
         if self._sent_close is not None:
             return self._sent_close
+        if self._forced_close is not None:
+            return self._forced_close
         return close_code
-
-    _sent_close: int | None = None
 
     async def _write(self, scope: anyio.CancelScope) -> None:
         try:
@@ -303,38 +393,144 @@ class RealtimeEndpoint(WebSocketEndpoint):
         finally:
             scope.cancel()
 
+    def _request_close(self, code: int, reason: str) -> None:
+        """Close after what is queued; if the peer does not take it in time, let it go."""
+        self.outbox.close(code, reason)
+        self._set_close_deadline(code)
+
+    def _on_overflow(self) -> None:
+        self._set_close_deadline(1013)
+
+    def _set_close_deadline(self, code: int) -> None:
+        if self._close_deadline_set or self._task_group is None:
+            return
+        self._close_deadline_set = True
+        self._task_group.start_soon(self._enforce_close, code)
+
+    async def _enforce_close(self, code: int) -> None:
+        # A peer that stopped reading blocks the writer inside `send`, so its close frame can
+        # never go out: after the grace period the connection is ended without it. What stays
+        # buffered is bounded by the server's transport buffer.
+        await anyio.sleep(self.limits.slow_close_timeout)
+        if self._sent_close is None and self._task_group is not None:
+            self._forced_close = code
+            self._task_group.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
+        """Idle timeout, heartbeats, and rescuing the receive loop from a slow handler."""
+        limits = self.limits
+        next_heartbeat = time.monotonic() + (limits.heartbeat_interval or 0.0)
+        while True:
+            now = time.monotonic()
+            wake: list[float] = []
+            if limits.idle_timeout is not None:
+                idle_at = self._last_inbound + limits.idle_timeout
+                if now >= idle_at:
+                    self._request_close(1001, "idle timeout")
+                    return
+                wake.append(idle_at)
+            if limits.heartbeat_interval is not None:
+                if now >= next_heartbeat:
+                    self.send_frame(_HEARTBEAT)
+                    next_heartbeat = now + limits.heartbeat_interval
+                wake.append(next_heartbeat)
+            if limits.stall_check_interval is not None and self._inbox is None:
+                since = self._handling_since
+                if since is not None and now - since >= limits.stall_check_interval:
+                    self._take_over_receiving()
+                else:
+                    wake.append(now + limits.stall_check_interval)
+            if not wake:
+                return
+            await anyio.sleep(max(0.0, min(wake) - now))
+
+    def _take_over_receiving(self) -> None:
+        # A handler has been running for a while. The server stops reading the socket while a
+        # received frame waits for the app, so a pong from the client would go unread and a
+        # healthy peer be killed for a ping timeout: from now on a task of its own keeps
+        # reading into a bounded inbox while the handlers catch up.
+        if self._task_group is not None:
+            self._inbox = Inbox(self.limits.inbox_max_messages)
+            self._task_group.start_soon(self._pump, self._inbox)
+
+    async def _pump(self, inbox: Inbox) -> None:
+        receive = self.receive
+        while True:
+            await inbox.wait_for_room()
+            message = await receive()
+            self._last_inbound = time.monotonic()
+            inbox.put(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
     async def _receive_loop(self, websocket: WebSocket) -> int:
         receive = self.receive
         route = None if self._custom_on_receive else self._routes
+        metrics = self.metrics
         while True:
-            message = await receive()
+            inbox = self._inbox
+            message = await receive() if inbox is None else await inbox.get()
             if message["type"] == "websocket.receive":
-                data = self._decode(message)
+                metrics.messages_in += 1
+                self._last_inbound = now = time.monotonic()
+                if self.outbox.closing:
+                    continue  # closing: what the peer still sends is not served
+                data = self._guard(message)
                 if data is _INVALID:
                     continue
+                self._handling_since = now
                 handler = route.get(type(data)) if route is not None else None
                 if handler is not None:
                     await handler(self, websocket, data)
                 else:
                     await self.on_receive(websocket, data)
+                self._handling_since = None
             elif message["type"] == "websocket.disconnect":
                 return int(message.get("code") or 1000)
 
-    def _decode(self, message: Message) -> Any:
+    def _guard(self, message: Message) -> Any:
+        """Size, rate and decoding of one frame: the decoded value, or _INVALID if refused."""
         text = message.get("text")
         raw: str | bytes | None = text if text is not None else message.get("bytes")
+        limits = self.limits
+        if raw is not None and len(raw) * (4 if text is not None else 1) > limits.max_message_bytes:
+            size = len(raw.encode()) if isinstance(raw, str) else len(raw)  # exact only when close
+            if size > limits.max_message_bytes:
+                self._request_close(1009, f"message over {limits.max_message_bytes} bytes")
+                return _INVALID
+        bucket = self._bucket
+        if bucket is not None:
+            if not bucket.take():
+                self._limited_in_row += 1
+                if self._limited_in_row >= limits.max_rate_violations:
+                    self._request_close(1008, "rate limit exceeded")
+                else:
+                    self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", None)
+                return _INVALID
+            self._limited_in_row = 0
         codec = self._codec
         if codec is None:
             return raw
         if raw is None or (text is None) == (self.wire == "json"):
             expected = "text (JSON)" if self.wire == "json" else "binary (MessagePack)"
-            self._queue_error("invalid_message", f"expected {expected} frames on this connection", None)
-            return _INVALID
+            return self._invalid(f"expected {expected} frames on this connection", None)
         try:
-            return codec.decode(raw, self.wire)
+            data = codec.decode(raw, self.wire)
         except msgspec.DecodeError as exc:
-            self._queue_error("invalid_message", str(exc), codec.ref_of(raw, self.wire))
-            return _INVALID
+            kind, ref = codec.probe(raw, self.wire)
+            if kind == "heartbeat":
+                return _INVALID  # a client's sign of life: it reset the idle timer, nothing more
+            return self._invalid(str(exc), ref)
+        self._invalid_in_row = 0
+        return data
+
+    def _invalid(self, detail: str, ref: Ref) -> object:
+        self._invalid_in_row += 1
+        if self._invalid_in_row >= self.limits.max_invalid_frames:
+            self._request_close(1008, "too many invalid frames")
+        else:
+            self._queue_error("invalid_message", detail, ref)
+        return _INVALID
 
     async def _fail(self, where: str, exc: BaseException | None = None) -> int:
         """Log a fault in user code and close the socket with 1011."""
@@ -351,6 +547,13 @@ class RealtimeEndpoint(WebSocketEndpoint):
         return 1011
 
     async def _cleanup(self, websocket: WebSocket, close_code: int) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.metrics.connections_open -= 1
+            if self.principal is not None and self.limits.max_connections_per_principal is not None:
+                self.metrics.open_by_principal[self.principal.id] -= 1
+                if self.metrics.open_by_principal[self.principal.id] <= 0:
+                    del self.metrics.open_by_principal[self.principal.id]
         with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
             try:
                 await self.on_disconnect(websocket, close_code)

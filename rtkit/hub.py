@@ -23,8 +23,9 @@ from rtkit.codec import encode
 from rtkit.errors import NotStartedError
 from rtkit.frame import Frame
 from rtkit.messages import Event
+from rtkit.metrics import Metrics
 
-__all__ = ["Hub", "HubStats", "Subscriber", "new_token"]
+__all__ = ["Hub", "Subscriber", "new_token"]
 
 _TOKEN_BYTES = 8
 _NO_ORIGIN = bytes(_TOKEN_BYTES)
@@ -53,28 +54,6 @@ class Subscriber(Protocol):
         """Messages of ``channel`` were lost in transit; queue a notice without waiting."""
 
 
-class HubStats:
-    """Counters of one hub since it started; plain integers, cheap to read."""
-
-    __slots__ = ("delivered", "dropped", "gaps", "published", "received")
-
-    def __init__(self) -> None:
-        self.published = 0
-        """Messages this process handed to the backend."""
-        self.received = 0
-        """Messages the backend delivered to this process (one per channel message)."""
-        self.delivered = 0
-        """Frames queued on a local subscriber's outbox."""
-        self.dropped = 0
-        """Frames a subscriber's outbox refused (full, or closing)."""
-        self.gaps = 0
-        """Losses the backend reported (each may cover several messages)."""
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters by name."""
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
 class _Channel:
     __slots__ = ("active", "lock", "members", "pending")
 
@@ -97,7 +76,8 @@ class Hub:
 
     def __init__(self, backend: Backend | None = None) -> None:
         self.backend: Backend = backend if backend is not None else MemoryBackend()
-        self.stats = HubStats()
+        self.metrics = Metrics()
+        """Counters of this hub and of the endpoints routed with it."""
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[int, set[str]] = {}
         self._started = False
@@ -124,7 +104,6 @@ class Hub:
         except BaseException:
             self._starts -= 1
             raise
-        self.stats = HubStats()
         self._started = True
 
     async def shutdown(self) -> None:
@@ -188,11 +167,11 @@ class Hub:
         self._check_started()
         origin = exclude.token.to_bytes(_TOKEN_BYTES, "big") if exclude is not None else _NO_ORIGIN
         await self.backend.publish(channel, origin + payload)
-        self.stats.published += 1
+        self.metrics.published += 1
 
     def deliver(self, channel: str, data: bytes) -> None:
         """The backend's callback: fan one message out to this process's subscribers."""
-        self.stats.received += 1
+        self.metrics.received += 1
         state = self._channels.get(channel)
         if state is None or not state.members:
             return
@@ -203,12 +182,12 @@ class Hub:
         for token, subscriber in members.items():
             if token != origin and subscriber.offer(frame):
                 delivered += 1
-        self.stats.delivered += delivered
-        self.stats.dropped += len(members) - delivered - (origin in members)
+        # Refusals are counted by the outboxes themselves, which know why they refused.
+        self.metrics.delivered += delivered
 
     def gap(self, channel: str, missed: int) -> None:
         """The backend's callback: tell this process's subscribers of ``channel`` of a loss."""
-        self.stats.gaps += 1
+        self.metrics.gaps += 1
         state = self._channels.get(channel)
         if state is not None:
             for subscriber in state.members.values():

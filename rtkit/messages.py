@@ -18,6 +18,7 @@ __all__ = [
     "ErrorFrame",
     "Event",
     "Gap",
+    "Heartbeat",
     "Joined",
     "Left",
     "Message",
@@ -69,6 +70,11 @@ class Gap(Envelope, tag="gap"):
     topic: str | None = None
     room: str | None = None
     channel: str | None = None
+
+
+class Heartbeat(Envelope, tag="heartbeat"):
+    """Either way: a sign of life. The server sends it every ``heartbeat_interval`` when set;
+    a client may send it to reset its idle timer without any handler seeing it."""
 
 
 # -- chat rooms ---------------------------------------------------------------------------

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.routing import BaseRoute, Router, WebSocketRoute
 
 from rtkit._types import Receive, Scope, Send
+from rtkit.auth import Authenticator
 from rtkit.endpoint import RealtimeEndpoint
 from rtkit.errors import ConfigurationError
 from rtkit.hub import Hub
+from rtkit.limits import Limits
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -47,21 +49,39 @@ class RealtimeRouter:
         self._routes: list[BaseRoute] = []
         self._app: Router | None = None
 
-    def add(self, path: str, endpoint: type[RealtimeEndpoint], *, name: str | None = None) -> None:
-        """Route WebSocket connections on ``path`` (Starlette syntax, ``{param}``) to ``endpoint``."""
+    def add(
+        self,
+        path: str,
+        endpoint: type[RealtimeEndpoint],
+        *,
+        name: str | None = None,
+        limits: Limits | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        """Route WebSocket connections on ``path`` (Starlette syntax, ``{param}``) to ``endpoint``.
+
+        Args:
+            path: the route's path.
+            endpoint: a ``RealtimeEndpoint`` subclass.
+            name: the route's name (the class name by default).
+            limits: this route's limits, instead of the class's ``limits``.
+            authenticator: this route's authenticator, instead of the class's.
+        """
         if not (isinstance(endpoint, type) and issubclass(endpoint, RealtimeEndpoint)):
             raise ConfigurationError(
                 f"RealtimeRouter.add() takes a RealtimeEndpoint subclass, got {endpoint!r}"
             )
-        app = functools.partial(endpoint, hub=self.hub)
+        app = functools.partial(endpoint, hub=self.hub, limits=limits, authenticator=authenticator)
         self._routes.append(WebSocketRoute(path, app, name=name or endpoint.__name__))
         self._app = None
 
-    def websocket(self, path: str, *, name: str | None = None) -> Callable[[E], E]:
+    def websocket(
+        self, path: str, *, name: str | None = None, limits: Limits | None = None
+    ) -> Callable[[E], E]:
         """Class decorator form of ``add``."""
 
         def register(endpoint: E) -> E:
-            self.add(path, endpoint, name=name)
+            self.add(path, endpoint, name=name, limits=limits)
             return endpoint
 
         return register

@@ -12,6 +12,7 @@ from rtkit.channels import room_channel, room_group
 from rtkit.codec import encode
 from rtkit.endpoint import RealtimeEndpoint
 from rtkit.frame import Frame
+from rtkit.limits import topic_name_error
 from rtkit.messages import ChatInbound, Gap, Joined, Left, Message, Said, Say, Welcome
 
 __all__ = ["ChatEndpoint"]
@@ -28,6 +29,11 @@ class ChatEndpoint(RealtimeEndpoint):
 
     A client may see ``joined`` for a member already listed in its ``welcome`` when both join
     at the same moment; treat the member list as a set.
+
+    A room name that breaks the topic name rule (``rtkit.limits.TOPIC_NAME_RULE``) refuses the
+    socket before accept (HTTP 403). ``on_authorize("join", room)`` returning False answers an
+    error frame ``forbidden``: the connection stays open, outside the room, and every ``say``
+    is refused the same way.
     """
 
     inbound = ChatInbound
@@ -60,8 +66,14 @@ class ChatEndpoint(RealtimeEndpoint):
         if len(self.user) > self.max_name_length:
             await self.close(1008, "name too long")
             return
+        if topic_name_error(self.room) is not None:
+            await self.close(1008, "invalid room name")
+            return
         await self.accept()
-        await self.join_room()
+        if await self.on_authorize("join", self.room):
+            await self.join_room()
+        else:
+            await self.send_error("forbidden", f"not allowed to join {self.room!r}")
 
     async def join_room(self) -> None:
         """Subscribe to the room, record presence, welcome this client, tell the others."""
@@ -83,6 +95,9 @@ class ChatEndpoint(RealtimeEndpoint):
 
     async def on_say(self, websocket: WebSocket, message: Say) -> None:
         """Send ``message`` to the room, and ``said`` to the sender if it gave a ``ref``."""
+        if not self._joined:
+            await self.send_error("forbidden", f"not a member of {self.room!r}", ref=message.ref)
+            return
         out = Message(room=self.room, user=self.user, text=message.text, ts=time.time())
         await self.publish(room_channel(self.room), out, include_self=self.echo_to_sender)
         if message.ref is not None:

@@ -8,13 +8,15 @@ from starlette.websockets import WebSocket
 
 from rtkit.channels import topic_channel
 from rtkit.codec import encode
-from rtkit.endpoint import RealtimeEndpoint
+from rtkit.endpoint import Action, RealtimeEndpoint
 from rtkit.frame import Frame
+from rtkit.limits import topic_name_error
 from rtkit.messages import (
     Event,
     Gap,
     Publish,
     Published,
+    Ref,
     Subscribe,
     Subscribed,
     TopicInbound,
@@ -30,18 +32,50 @@ class TopicEndpoint(RealtimeEndpoint):
 
     Routed with a ``{topic}`` path parameter (``topic_param``), the socket is subscribed to that
     topic at connect. Application code publishes with ``await hub.publish_event(topic, data)``.
+
+    Every subscribe and publish is checked, in this order: the topic name rule
+    (``invalid_topic``), ``limits.max_topics`` for a subscribe (``limit_exceeded``), then
+    ``on_authorize`` (``forbidden``). A refusal is an error frame; the connection stays.
     """
 
     inbound = TopicInbound
     topic_param: ClassVar[str] = "topic"
     """The path parameter whose topic the socket joins at connect, when the route has it."""
 
+    topics: set[str]
+    """The topics this connection is subscribed to."""
+
     async def on_connect(self, websocket: WebSocket) -> None:
         """Accept, and subscribe to the path's topic if the route names one."""
+        self.topics = set()
         await self.accept()
         topic = websocket.path_params.get(self.topic_param)
         if topic is not None:
-            await self.subscribe(topic_channel(str(topic)))
+            await self.subscribe_topic(str(topic), None, reply=False)
+
+    async def check(self, action: Action, topic: str, ref: Ref) -> bool:
+        """Whether ``action`` on ``topic`` may go ahead; if not, the error frame is queued."""
+        problem = topic_name_error(topic)
+        if problem is not None:
+            await self.send_error("invalid_topic", problem, ref=ref)
+            return False
+        if action == "subscribe" and topic not in self.topics and len(self.topics) >= self.limits.max_topics:
+            limit = self.limits.max_topics
+            await self.send_error("limit_exceeded", f"at most {limit} topics per connection", ref=ref)
+            return False
+        if not await self.on_authorize(action, topic):
+            await self.send_error("forbidden", f"not allowed to {action} on {topic!r}", ref=ref)
+            return False
+        return True
+
+    async def subscribe_topic(self, topic: str, ref: Ref, *, reply: bool = True) -> None:
+        """Subscribe after the checks; answer ``subscribed`` if ``reply``."""
+        if not await self.check("subscribe", topic, ref):
+            return
+        await self.subscribe(topic_channel(topic))
+        self.topics.add(topic)
+        if reply:
+            await self.send_message(Subscribed(topic=topic, ref=ref))
 
     def on_gap(self, channel: str, missed: int) -> None:
         """Tell the client ``{"type": "gap", "topic": T, "missed": N}``."""
@@ -50,16 +84,18 @@ class TopicEndpoint(RealtimeEndpoint):
 
     async def on_subscribe(self, websocket: WebSocket, message: Subscribe) -> None:
         """Subscribe, then answer ``subscribed``."""
-        await self.subscribe(topic_channel(message.topic))
-        await self.send_message(Subscribed(topic=message.topic, ref=message.ref))
+        await self.subscribe_topic(message.topic, message.ref)
 
     async def on_unsubscribe(self, websocket: WebSocket, message: Unsubscribe) -> None:
         """Unsubscribe, then answer ``unsubscribed``: nothing of the topic follows it."""
         await self.unsubscribe(topic_channel(message.topic))
+        self.topics.discard(message.topic)
         await self.send_message(Unsubscribed(topic=message.topic, ref=message.ref))
 
     async def on_publish(self, websocket: WebSocket, message: Publish) -> None:
         """Deliver ``event`` to the topic's subscribers; answer ``published`` if given a ``ref``."""
+        if not await self.check("publish", message.topic, message.ref):
+            return
         await self.publish(topic_channel(message.topic), Event(topic=message.topic, data=message.data))
         if message.ref is not None:
             await self.send_message(Published(topic=message.topic, ref=message.ref))

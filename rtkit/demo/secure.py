@@ -1,0 +1,24 @@
+"""The demo's secured topics: who may do what once authenticated."""
+
+from __future__ import annotations
+
+from rtkit.endpoint import Action
+from rtkit.handlers import TopicEndpoint
+
+__all__ = ["SecureTopicEndpoint"]
+
+
+class SecureTopicEndpoint(TopicEndpoint):
+    """Topics for authenticated clients only (the route gives it a ``JWTAuthenticator``).
+
+    Any authenticated client may subscribe to any topic; it may publish only on its own
+    topics: the one named after its ``sub``, or below it (``ann`` may publish on ``ann`` and
+    ``ann/status``).
+    """
+
+    async def on_authorize(self, action: Action, name: str) -> bool:
+        """Subscribe anywhere; publish only on one's own topics."""
+        if action != "publish":
+            return True
+        owner = self.principal.id if self.principal is not None else None
+        return owner is not None and (name == owner or name.startswith(f"{owner}/"))
