@@ -64,6 +64,18 @@ class Authenticator(ABC):
         """The principal the handshake proves, or None to refuse the socket (HTTP 403)."""
 
 
+MIN_SECRET_BYTES: Final = 32
+"""RFC 7518 section 3.2: an HS256 key at least as long as the hash output."""
+
+
+def _check_secret(secret: str) -> None:
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"an HS256 secret needs at least {MIN_SECRET_BYTES} bytes (RFC 7518 section 3.2); "
+            f"this one has {len(secret.encode())}"
+        )
+
+
 def _jwt() -> Any:
     try:
         import jwt
@@ -84,8 +96,7 @@ class JWTAuthenticator(Authenticator):
     """
 
     def __init__(self, secret: str, *, audience: str | None = None, leeway: float = 0.0) -> None:
-        if not secret:
-            raise ConfigurationError("JWTAuthenticator needs a non-empty secret")
+        _check_secret(secret)
         self._jwt = _jwt()
         self._secret = secret
         self.audience = audience
@@ -113,6 +124,7 @@ def create_token(secret: str, subject: str, *, ttl: float = 3600.0, **claims: An
     """A signed HS256 token for ``subject`` that expires in ``ttl`` seconds (for demos, tests)."""
     import time
 
+    _check_secret(secret)
     jwt = _jwt()
     payload = {**claims, "sub": subject, "exp": int(time.time() + ttl)}
     return str(jwt.encode(payload, secret, algorithm="HS256"))

@@ -23,7 +23,7 @@ __all__ = ["DEMO_SECRET", "create_app"]
 
 logger = logging.getLogger("rtkit.demo")
 
-DEMO_SECRET = "rtkit-demo-secret"
+DEMO_SECRET = "rtkit-demo-secret-for-trying-it-out-only"
 """The JWT secret of the demo's secured route when none is given: for trying it out only."""
 
 

@@ -1,0 +1,284 @@
+"""The demo page, driven in headless Chromium against the demo app on a real uvicorn.
+
+These tests need Debian's ``chromium`` binary (Playwright's own browser download is never used).
+Without it they are skipped, unless ``RTKIT_REQUIRE_BROWSER=1`` (as in CI) turns that into a
+failure, so a CI image that lost its browser cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+
+import httpx2
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    WebSocketRoute,
+    expect,
+    sync_playwright,
+)
+
+from rtkit.demo import create_app
+from rtkit.testing import LiveServer
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 5_000
+"""How long an expectation waits for the page to catch up; everything here is local."""
+
+OpenPage = Callable[[], Page]
+
+
+def _chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        reason = "no `chromium` binary on PATH (install Debian's chromium package to run browser tests)"
+        if os.environ.get("RTKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"RTKIT_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = _chromium_path()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    # One server for the module: each test uses its own rooms and topics, so they cannot meet.
+    with LiveServer(create_app()) as live:
+        yield live
+
+
+@pytest.fixture
+def open_page(browser: Browser, server: LiveServer) -> Iterator[OpenPage]:
+    """Opens the demo page in a fresh context each call (its own cookies and sockets, like
+    another person); the test errors if any page threw an uncaught JavaScript error."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    def open_page() -> Page:
+        context = browser.new_context()
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.http_url("/"))
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert errors == []
+
+
+def join(page: Page, room: str, name: str) -> None:
+    page.get_by_test_id("chat-room").fill(room)
+    page.get_by_test_id("chat-name").fill(name)
+    page.get_by_test_id("chat-join").click()
+    # `connected` is shown on the server's `welcome`: from then on the page is in the room.
+    expect(page.get_by_test_id("chat-status")).to_have_text("connected", timeout=WAIT_MS)
+
+
+def say(page: Page, text: str) -> None:
+    page.get_by_test_id("chat-text").fill(text)
+    page.get_by_test_id("chat-send").click()
+
+
+def messages(page: Page) -> Locator:
+    return page.get_by_test_id("chat-message")
+
+
+def connect_topics(page: Page) -> None:
+    page.get_by_test_id("topics-connect").click()
+    expect(page.get_by_test_id("topics-status")).to_have_text("connected", timeout=WAIT_MS)
+
+
+def subscribe(page: Page, topic: str) -> None:
+    page.get_by_test_id("topics-topic").fill(topic)
+    page.get_by_test_id("topics-subscribe").click()
+    subscriptions = page.get_by_test_id("topics-subscription-name").filter(has_text=topic)
+    expect(subscriptions).to_have_count(1, timeout=WAIT_MS)
+
+
+def publish(page: Page, topic: str, data: str) -> None:
+    page.get_by_test_id("topics-topic").fill(topic)
+    page.get_by_test_id("topics-data").fill(data)
+    page.get_by_test_id("topics-publish").click()
+
+
+def events(page: Page) -> Locator:
+    return page.locator("[data-testid='topics-entry'][data-kind='event']")
+
+
+def frame(**fields: object) -> str:
+    return json.dumps(fields)
+
+
+def test_chat_between_two_people_stays_in_their_room(open_page: OpenPage) -> None:
+    """Two people in one room see each other arrive and talk both ways with authors shown; when
+    one leaves the other is told and the member list shrinks; a page in another room receives
+    none of it."""
+    ann, bob, eve = open_page(), open_page(), open_page()
+    join(eve, "elsewhere", "eve")
+    join(ann, "garden", "ann")
+    expect(ann.get_by_test_id("chat-member")).to_have_text(["ann"], timeout=WAIT_MS)
+
+    join(bob, "garden", "bob")
+    expect(ann.get_by_test_id("chat-member")).to_have_text(["ann", "bob"], timeout=WAIT_MS)
+    expect(ann.get_by_test_id("chat-notice").filter(has_text="bob joined")).to_have_count(1, timeout=WAIT_MS)
+    expect(bob.get_by_test_id("chat-member")).to_have_text(["ann", "bob"], timeout=WAIT_MS)
+
+    say(bob, "hello from bob")
+    for page in (ann, bob):
+        expect(messages(page)).to_have_count(1, timeout=WAIT_MS)
+        expect(page.get_by_test_id("chat-message-author")).to_have_text(["bob"])
+        expect(page.get_by_test_id("chat-message-text")).to_have_text(["hello from bob"])
+
+    say(ann, "hi bob")
+    expect(bob.get_by_test_id("chat-message-author")).to_have_text(["bob", "ann"], timeout=WAIT_MS)
+    expect(bob.get_by_test_id("chat-message-text")).to_have_text(["hello from bob", "hi bob"])
+
+    bob.get_by_test_id("chat-leave").click()
+    expect(bob.get_by_test_id("chat-status")).to_have_text("disconnected", timeout=WAIT_MS)
+    expect(ann.get_by_test_id("chat-notice").filter(has_text="bob left")).to_have_count(1, timeout=WAIT_MS)
+    expect(ann.get_by_test_id("chat-member")).to_have_text(["ann"], timeout=WAIT_MS)
+
+    # eve's own message comes back through the same hub after everything above was fanned
+    # out, so by the time it shows, anything leaked from "garden" would have shown too.
+    say(eve, "anyone here?")
+    expect(eve.get_by_test_id("chat-message-text")).to_have_text(["anyone here?"], timeout=WAIT_MS)
+    expect(eve.get_by_test_id("chat-member")).to_have_text(["eve"])
+    expect(eve.get_by_test_id("chat-notice-text")).to_have_text(["You joined elsewhere as eve."])
+
+
+def test_tasks_appear_live_and_rejections_show_the_servers_reason(
+    open_page: OpenPage, server: LiveServer
+) -> None:
+    """The page lists the tasks that existed when it loaded, shows a task created over HTTP
+    by someone else without a reload, and shows the server's 422 reason for a bad form."""
+    earlier = httpx2.post(server.http_url("/tasks"), json={"title": "written before the page loaded"})
+    assert earlier.status_code == 201
+
+    page = open_page()
+    # `live` means the page's subscription to the `tasks` topic is confirmed by the server.
+    expect(page.get_by_test_id("tasks-status")).to_have_text("live", timeout=WAIT_MS)
+    tasks = page.get_by_test_id("task")
+    expect(tasks.filter(has_text="written before the page loaded")).to_have_count(1, timeout=WAIT_MS)
+
+    created = httpx2.post(
+        server.http_url("/tasks"), json={"title": "water the plants", "description": "the <b>ferns</b> too"}
+    )
+    assert created.status_code == 201
+    live = tasks.filter(has_text="water the plants")
+    expect(live).to_have_count(1, timeout=WAIT_MS)
+    # Shown as text, not markup: user data is never parsed as HTML.
+    expect(live.get_by_test_id("task-description")).to_have_text("the <b>ferns</b> too")
+    expect(page.get_by_test_id("task-title").first).to_have_text("water the plants")  # newest first
+
+    # What the server says about an empty title, asked directly, is what the page must show.
+    invalid = {"title": "", "description": "no title"}
+    rejected = httpx2.post(server.http_url("/tasks"), json=invalid)
+    assert rejected.status_code == 422
+    page.get_by_test_id("tasks-title").fill(invalid["title"])
+    page.get_by_test_id("tasks-description").fill(invalid["description"])
+    page.get_by_test_id("tasks-create").click()
+    message = page.get_by_test_id("tasks-form-message")
+    expect(message).to_contain_text(rejected.json()["detail"], timeout=WAIT_MS)
+    expect(message).to_have_attribute("data-state", "error")
+    expect(tasks).to_have_count(2)
+
+
+def test_topic_events_arrive_while_subscribed_and_stop_after(open_page: OpenPage) -> None:
+    """An event published from one page reaches another page subscribed to its topic, and no
+    longer reaches it once it has unsubscribed; a refused subscription shows the error frame."""
+    reader, writer = open_page(), open_page()
+    connect_topics(reader)
+    connect_topics(writer)
+    subscribe(reader, "weather")
+    subscribe(reader, "marker")
+
+    publish(writer, "weather", '{"temp": 21}')
+    expect(events(reader)).to_have_count(1, timeout=WAIT_MS)
+    expect(events(reader).get_by_test_id("topics-entry-topic")).to_have_text(["weather"])
+    expect(events(reader).get_by_test_id("topics-entry-data")).to_have_text(['{"temp":21}'])
+    # the publisher sent a ref, so the server acknowledged it
+    published = writer.locator("[data-testid='topics-entry'][data-kind='published']")
+    expect(published).to_have_count(1, timeout=WAIT_MS)
+
+    reader.get_by_test_id("topics-topic").fill("weather")
+    reader.get_by_test_id("topics-unsubscribe").click()
+    expect(reader.get_by_test_id("topics-subscription-name")).to_have_text(["marker"], timeout=WAIT_MS)
+
+    # The writer publishes to "weather" and then to "marker" in that order; one socket's
+    # frames keep their order, so once the marker shows, a leaked event would be there too.
+    publish(writer, "weather", '{"temp": 22}')
+    expect(published).to_have_count(2, timeout=WAIT_MS)
+    publish(writer, "marker", '"done"')
+    expect(events(reader).get_by_test_id("topics-entry-topic")).to_have_text(
+        ["weather", "marker"], timeout=WAIT_MS
+    )
+    expect(events(reader).get_by_test_id("topics-entry-data")).to_have_text(['{"temp":21}', '"done"'])
+
+    # A name outside the server's rule is refused with an error frame, shown as it came.
+    reader.get_by_test_id("topics-topic").fill("no spaces allowed")
+    reader.get_by_test_id("topics-subscribe").click()
+    errors = reader.locator("[data-testid='topics-entry'][data-kind='error']")
+    expect(errors).to_contain_text(re.compile(r"invalid_topic: .*no spaces allowed"), timeout=WAIT_MS)
+    expect(reader.get_by_test_id("topics-subscription-name")).to_have_text(["marker"])
+
+
+def test_chat_keeps_members_straight_and_shows_errors_gaps_and_closes(open_page: OpenPage) -> None:
+    """Against a scripted chat server: a member both listed in ``welcome`` and announced by
+    ``joined`` (two people joining at once) is counted once, a second person with the same name
+    is listed twice and one of them leaving keeps the other; gap and error frames and an
+    unexpected close are shown to the user."""
+    page = open_page()
+
+    def chat_server(ws: WebSocketRoute) -> None:
+        # Frames the real server only sends in races or faults, scripted here in one go.
+        ws.send(frame(type="welcome", room="mock", user="ann", members=["ann", "bob"]))
+        ws.send(frame(type="joined", room="mock", user="bob"))  # the same bob, announced late
+        ws.send(frame(type="joined", room="mock", user="bob"))  # another person called bob
+        ws.send(frame(type="left", room="mock", user="bob"))
+        ws.send(frame(type="gap", room="mock", missed=3))
+        ws.send(frame(type="error", code="rate_limited", detail="slow down"))
+        ws.on_message(lambda _: ws.close(code=1011, reason="server fault"))
+
+    # Only the chat socket is scripted; the rest of the page still talks to the real server.
+    page.route_web_socket(re.compile(r"/ws/chat/"), chat_server)
+
+    join(page, "mock", "ann")
+    expect(page.get_by_test_id("chat-member")).to_have_text(["ann", "bob"], timeout=WAIT_MS)
+    expect(page.get_by_test_id("chat-notice-text")).to_have_text(
+        ["You joined mock as ann.", "bob joined", "bob joined", "bob left"], timeout=WAIT_MS
+    )
+    errors = page.get_by_test_id("chat-error")
+    expect(errors).to_have_count(2, timeout=WAIT_MS)
+    expect(errors.nth(0)).to_contain_text("3 message(s) were lost")
+    expect(errors.nth(1)).to_contain_text("rate_limited: slow down")
+
+    say(page, "anyone?")  # the scripted server closes as a crashed endpoint would
+    expect(page.get_by_test_id("chat-status")).to_have_text("disconnected", timeout=WAIT_MS)
+    expect(errors.nth(2)).to_contain_text("code 1011: server fault", timeout=WAIT_MS)
+    expect(page.get_by_test_id("chat-member")).to_have_count(0)
