@@ -390,6 +390,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self._sent_close = code
         except (OSError, WebSocketDisconnect):
             pass  # the peer is gone; the receive loop learns it from the server
+        except RuntimeError as exc:
+            # The server closed the socket itself (a keepalive timeout, say) and refuses more
+            # frames; wsproto says so with a RuntimeError rather than ClientDisconnected.
+            logger.debug("%s: the server refused a frame: %s", type(self).__name__, exc)
         finally:
             scope.cancel()
 

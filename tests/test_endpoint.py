@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import anyio
 import msgspec
 import pytest
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtkit import ConfigurationError, RealtimeEndpoint, RealtimeRouter
+from rtkit._types import Message
 
 
 class Add(msgspec.Struct, tag="add", kw_only=True):
@@ -345,3 +347,31 @@ def test_a_handler_missing_for_an_inbound_type_fails_at_class_creation() -> None
 
         class Untagged(RealtimeEndpoint):
             inbound = dict[str, int]
+
+
+@pytest.mark.anyio
+async def test_a_server_that_refuses_frames_ends_the_connection_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """wsproto answers a send after its own close with RuntimeError: the socket just ends."""
+    events.clear()
+    incoming: list[Message] = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": '{"type": "add", "a": 1, "b": 2}'},
+    ]
+
+    async def receive() -> Message:
+        if incoming:
+            return incoming.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(message: Message) -> None:
+        if message["type"] == "websocket.send":
+            raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.")
+
+    scope = {"type": "websocket", "path": "/calc", "headers": [], "query_string": b"", "subprotocols": []}
+    with caplog.at_level(logging.ERROR), anyio.fail_after(5):
+        await Calculator(scope, receive, send)
+    assert events == [("disconnect", 1006)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

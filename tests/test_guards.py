@@ -95,8 +95,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module", params=["websockets-sansio", "wsproto"])
 def server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    # Quick keepalive pings: a loop blocked by a slow handler would fail them within a second.
-    with LiveServer(build_app(), ws=request.param, ws_ping_interval=0.3, ws_ping_timeout=0.3) as live:
+    # Quick keepalive pings: a loop blocked by a slow handler would fail them within 1.5 s.
+    with LiveServer(build_app(), ws=request.param, ws_ping_interval=0.5, ws_ping_timeout=1.0) as live:
         yield live
 
 
@@ -316,10 +316,10 @@ async def test_heartbeat_frames_arrive(server: LiveServer) -> None:
 
 
 async def test_a_slow_handler_does_not_get_a_ping_answering_client_killed(server: LiveServer) -> None:
-    # The server pings every 0.3 s and gives up 0.3 s later. The handler blocks its loop for
-    # 2 s while a second message waits: unless rtkit keeps reading, the pong goes unread.
+    # The server pings every 0.5 s and gives up 1 s later. The handler blocks its loop for
+    # 3 s while a second message waits: unless rtkit keeps reading, the pong goes unread.
     async with Witness(server), connect(server.ws_url("/ws/slow")) as ws:
-        await send_json(ws, {"type": "work", "seconds": 2.0, "n": 1})
+        await send_json(ws, {"type": "work", "seconds": 3.0, "n": 1})
         await send_json(ws, {"type": "work", "seconds": 0.0, "n": 2})
         await send_json(ws, {"type": "work", "seconds": 0.5, "n": 3})
         assert [await recv_json(ws) for _ in range(3)] == [{"type": "done", "n": n} for n in (1, 2, 3)]
