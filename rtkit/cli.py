@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from typing import get_args
 
+import msgspec
+
 import rtkit
 from rtkit._outbox import OverflowPolicy
 from rtkit.limits import Limits
@@ -105,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--task-limit", type=int, default=1000, help="how many tasks the demo keeps")
     serve.add_argument(
+        "--redis-url",
+        default=os.environ.get("RTKIT_REDIS_URL"),
+        help="share the hub between processes and machines through Redis (env RTKIT_REDIS_URL); "
+        "in memory, one process, if unset",
+    )
+    serve.add_argument("--redis-prefix", default="rtkit-demo", help="namespace of the demo's keys in Redis")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (more than one needs --redis-url)"
+    )
+    serve.add_argument(
         "--jwt-secret",
         default=os.environ.get("RTKIT_JWT_SECRET"),
         help="HS256 secret of /ws/secure/topics/{topic} (env RTKIT_JWT_SECRET); "
@@ -148,15 +160,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(create_token(args.secret or DEMO_SECRET, args.sub, ttl=args.ttl))
         return 0
+    if args.workers > 1 and not args.redis_url:
+        build_parser().error("--workers above 1 needs --redis-url: each worker is a process of its own")
     import uvicorn
 
-    from rtkit.demo import create_app
+    from rtkit.demo.app import SETTINGS_ENV, DemoSettings
 
     limits = limits_from(args)
+    settings = DemoSettings(
+        limits=limits,
+        jwt_secret=args.jwt_secret,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
+        task_limit=args.task_limit,
+    )
+    # Workers are separate processes: they read their settings from the environment.
+    os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
     uvicorn.run(
-        create_app(limits=limits, jwt_secret=args.jwt_secret, task_limit=args.task_limit),
+        "rtkit.demo.app:app_from_environment",
+        factory=True,
         host=args.host,
         port=args.port,
+        workers=args.workers,
         ws=args.ws,
         ws_per_message_deflate=args.ws_per_message_deflate,
         # uvicorn refuses larger frames itself, before buffering them, with the same 1009.

@@ -40,7 +40,7 @@ from rtkit._outbox import Outbox
 from rtkit._types import Message, Receive, Scope, Send
 from rtkit.auth import BEARER_SUBPROTOCOL, Authenticator, Principal
 from rtkit.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Codec, WireFormat, codec_for, encode
-from rtkit.errors import ConfigurationError
+from rtkit.errors import BackendUnavailableError, ConfigurationError
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
 from rtkit.limits import Limits, TokenBucket
@@ -300,6 +300,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
         try:
             try:
                 await self.on_connect(websocket)
+            except BackendUnavailableError as exc:
+                # Not a fault of this server's code: the backend is out of reach for now.
+                logger.warning("%s: backend unavailable during on_connect: %s", type(self).__name__, exc)
+                close_code = await self._unavailable(websocket)
+                return
             except Exception:
                 close_code = await self._fail("on_connect")
                 return
@@ -484,10 +489,14 @@ class RealtimeEndpoint(WebSocketEndpoint):
                     continue
                 self._handling_since = now
                 handler = route.get(type(data)) if route is not None else None
-                if handler is not None:
-                    await handler(self, websocket, data)
-                else:
-                    await self.on_receive(websocket, data)
+                try:
+                    if handler is not None:
+                        await handler(self, websocket, data)
+                    else:
+                        await self.on_receive(websocket, data)
+                except BackendUnavailableError as exc:
+                    # The request could not be carried out now; the client may retry it.
+                    self._queue_error("unavailable", str(exc), getattr(data, "ref", None))
                 self._handling_since = None
             elif message["type"] == "websocket.disconnect":
                 return int(message.get("code") or 1000)
@@ -535,6 +544,15 @@ class RealtimeEndpoint(WebSocketEndpoint):
         else:
             self._queue_error("invalid_message", detail, ref)
         return _INVALID
+
+    async def _unavailable(self, websocket: WebSocket) -> int:
+        """Turn away a connection the backend cannot serve now: 503, or close 1013."""
+        if websocket.application_state == WebSocketState.CONNECTING:
+            await self._refuse("unavailable", 503, 1013, "backend unavailable")
+        elif self._sent_close is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                await self.send({"type": "websocket.close", "code": 1013, "reason": "backend unavailable"})
+        return 1013
 
     async def _fail(self, where: str, exc: BaseException | None = None) -> int:
         """Log a fault in user code and close the socket with 1011."""

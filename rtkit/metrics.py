@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rtkit.backends.base import BackendHealth
+
 __all__ = ["Metrics"]
 
 _COUNTERS: dict[str, str] = {
@@ -75,9 +77,25 @@ class Metrics:
         values["closes"] = {str(code): n for code, n in self.closes.items()}
         return values
 
-    def render_prometheus(self, prefix: str = "rtkit") -> str:
-        """The counters in Prometheus' text exposition format (version 0.0.4)."""
+    def render_prometheus(self, prefix: str = "rtkit", *, health: BackendHealth | None = None) -> str:
+        """The counters in Prometheus' text exposition format (version 0.0.4).
+
+        Args:
+            prefix: the metric names' prefix.
+            health: the backend's health, rendered as ``{prefix}_backend_up`` (1 up, 0.5
+                degraded, 0 down) and ``{prefix}_backend_reconnects_total``.
+        """
         lines: list[str] = []
+        if health is not None:
+            up = {"up": 1.0, "degraded": 0.5, "down": 0.0}[health.state]
+            lines += [
+                f"# HELP {prefix}_backend_up Backend health: 1 up, 0.5 degraded, 0 down.",
+                f"# TYPE {prefix}_backend_up gauge",
+                f"{prefix}_backend_up {up:g}",
+                f"# HELP {prefix}_backend_reconnects_total Reconnects of the backend.",
+                f"# TYPE {prefix}_backend_reconnects_total counter",
+                f"{prefix}_backend_reconnects_total {health.reconnects}",
+            ]
         for name, text in _COUNTERS.items():
             lines += [f"# HELP {prefix}_{name}_total {text}", f"# TYPE {prefix}_{name}_total counter"]
             lines.append(f"{prefix}_{name}_total {getattr(self, name)}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import AsyncIterator
 from importlib import resources
 
 import msgspec
@@ -12,32 +15,49 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from rtkit.auth import JWTAuthenticator
+from rtkit.channels import topic_channel
 from rtkit.demo.secure import SecureTopicEndpoint
-from rtkit.demo.tasks import TaskStore, TaskViews
+from rtkit.demo.tasks import TASKS_TOPIC, TaskStore, TaskViews
+from rtkit.errors import ConfigurationError
 from rtkit.handlers import ChatEndpoint, EchoEndpoint, TopicEndpoint
 from rtkit.hub import Hub
 from rtkit.limits import Limits
 from rtkit.routing import RealtimeRouter
 
-__all__ = ["DEMO_SECRET", "create_app"]
+__all__ = ["DEMO_SECRET", "SETTINGS_ENV", "DemoSettings", "app_from_environment", "create_app"]
 
 logger = logging.getLogger("rtkit.demo")
 
 DEMO_SECRET = "rtkit-demo-secret-for-trying-it-out-only"
 """The JWT secret of the demo's secured route when none is given: for trying it out only."""
 
+SETTINGS_ENV = "RTKIT_DEMO_SETTINGS"
+"""The environment variable through which ``rtkit serve`` hands settings to its workers."""
+
+
+class DemoSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything ``rtkit serve`` configures in the demo app."""
+
+    limits: Limits = Limits()
+    jwt_secret: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "rtkit-demo"
+    task_limit: int = 1000
+
 
 def _page() -> str:
     return resources.files("rtkit.demo").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(
-    *,
-    hub: Hub | None = None,
-    limits: Limits | None = None,
-    jwt_secret: str | None = None,
-    task_limit: int = 1000,
-) -> Starlette:
+def _hub_for(settings: DemoSettings) -> Hub:
+    if settings.redis_url is None:
+        return Hub()
+    from rtkit.backends.redis import RedisBackend
+
+    return Hub(RedisBackend(settings.redis_url, prefix=settings.redis_prefix))
+
+
+def create_app(*, hub: Hub | None = None, settings: DemoSettings | None = None) -> Starlette:
     """The demo app (``rtkit serve`` runs it).
 
     Routes: ``GET /`` (the page), ``GET /health``, ``GET /metrics`` (Prometheus text),
@@ -45,16 +65,17 @@ def create_app(
     ``/ws/topics``, ``/ws/topics/{topic}`` and ``/ws/secure/topics/{topic}`` (HS256 JWT).
 
     Args:
-        hub: the hub to use; a new in-memory one by default.
-        limits: the limits of every WebSocket route; ``Limits()`` by default.
-        jwt_secret: the secret of the secured route; ``DEMO_SECRET`` by default.
-        task_limit: how many tasks the store keeps.
+        hub: the hub to use; by default one on Redis if ``settings.redis_url`` is set, else
+            in memory.
+        settings: limits, secrets and backend; ``DemoSettings()`` by default.
     """
-    limits = limits if limits is not None else Limits()
-    if jwt_secret is None:
-        logger.warning("the secured route uses the demo's public JWT secret: pass --jwt-secret")
-    authenticator = JWTAuthenticator(jwt_secret or DEMO_SECRET)
-    router = RealtimeRouter(hub=hub)
+    settings = settings if settings is not None else DemoSettings()
+    if hub is not None and settings.redis_url is not None:
+        raise ConfigurationError("create_app: pass a hub or settings.redis_url, not both")
+    if settings.jwt_secret is None:
+        logger.info("the secured route uses the demo's public JWT secret: pass --jwt-secret")
+    limits = settings.limits
+    router = RealtimeRouter(hub=hub if hub is not None else _hub_for(settings))
     router.add("/echo", EchoEndpoint, name="echo", limits=limits)
     router.add("/chat/{room}", ChatEndpoint, name="chat", limits=limits)
     router.add("/topics", TopicEndpoint, name="topics", limits=limits)
@@ -64,9 +85,10 @@ def create_app(
         SecureTopicEndpoint,
         name="secure-topic",
         limits=limits,
-        authenticator=authenticator,
+        authenticator=JWTAuthenticator(settings.jwt_secret or DEMO_SECRET),
     )
-    tasks = TaskViews(TaskStore(limit=task_limit), router.hub)
+    store = TaskStore(limit=settings.task_limit)
+    tasks = TaskViews(store, router.hub)
     page = _page()
 
     async def index(request: Request) -> Response:
@@ -83,8 +105,14 @@ def create_app(
         return Response(msgspec.json.encode(status), status_code=code, media_type="application/json")
 
     async def metrics(request: Request) -> Response:
-        text = router.hub.metrics.render_prometheus()
+        text = router.hub.metrics.render_prometheus(health=router.hub.health())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with router:
+            await router.hub.subscribe(topic_channel(TASKS_TOPIC), store)
+            yield
 
     app = Starlette(
         routes=[
@@ -95,7 +123,17 @@ def create_app(
             Route("/tasks", tasks.create, methods=["POST"]),
             Mount("/ws", app=router),
         ],
-        lifespan=router.lifespan,
+        lifespan=lifespan,
     )
     app.state.hub = router.hub
     return app
+
+
+def app_from_environment() -> Starlette:
+    """The demo app configured by ``RTKIT_DEMO_SETTINGS`` (JSON ``DemoSettings``).
+
+    ``rtkit serve`` runs every worker process through this factory.
+    """
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = msgspec.json.decode(raw, type=DemoSettings) if raw else DemoSettings()
+    return create_app(settings=settings)

@@ -1,9 +1,16 @@
-"""The demo's tasks: a bounded in-memory store, and the HTTP routes that publish to ``tasks``."""
+"""The demo's tasks: a bounded store kept in step across processes, and the HTTP routes.
+
+Each process keeps the latest tasks in memory. A new task is published on the ``tasks`` topic,
+and every process's store is itself a subscriber of that topic, so with the Redis backend a task
+created through one worker is listed by all of them (from the moment they started; a gap
+notice means some may be missing).
+"""
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
+import secrets
+import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -11,9 +18,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rtkit.hub import Hub
+from rtkit.errors import BackendUnavailableError
+from rtkit.frame import Frame
+from rtkit.hub import Hub, new_token
 
-__all__ = ["NewTask", "Task", "TaskStore", "TaskViews"]
+__all__ = ["TASKS_TOPIC", "NewTask", "Task", "TaskStore", "TaskViews"]
 
 TASKS_TOPIC = "tasks"
 
@@ -29,28 +38,59 @@ class Task(msgspec.Struct):
     """A stored task, as ``GET /tasks`` lists it and the ``tasks`` topic announces it."""
 
     id: int
+    """Unique across processes and increasing with time: milliseconds since the epoch times
+    1000, plus a random 0-999 (exact in JavaScript numbers until the year 2255)."""
     title: str
     description: str
     created_at: str
 
 
+class _TaskEvent(msgspec.Struct):
+    data: Task
+
+
 class TaskStore:
-    """The latest ``limit`` tasks, oldest first; older ones are forgotten (memory stays bounded)."""
+    """The latest ``limit`` tasks, oldest first; older ones are forgotten (memory stays bounded).
+
+    It is also a hub subscriber of the ``tasks`` topic: tasks other processes create arrive
+    here too.
+    """
 
     def __init__(self, *, limit: int = 1000) -> None:
-        self._tasks: deque[Task] = deque(maxlen=limit)
-        self._ids = itertools.count(1)
+        self.limit = limit
+        self.token = new_token()
+        self._tasks: OrderedDict[int, Task] = OrderedDict()
+        self._decoder = msgspec.json.Decoder(_TaskEvent)
 
-    def add(self, new: NewTask) -> Task:
-        """Store ``new`` with an id and a creation time (UTC, ISO 8601)."""
+    def create(self, new: NewTask) -> Task:
+        """Store ``new`` with an id unique across processes and a creation time (UTC, ISO 8601)."""
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        task = Task(id=next(self._ids), title=new.title, description=new.description, created_at=created)
-        self._tasks.append(task)
+        task_id = time.time_ns() // 1_000_000 * 1000 + secrets.randbelow(1000)
+        task = Task(id=task_id, title=new.title, description=new.description, created_at=created)
+        self._keep(task)
         return task
+
+    def _keep(self, task: Task) -> None:
+        if task.id in self._tasks:
+            return
+        self._tasks[task.id] = task
+        while len(self._tasks) > self.limit:
+            self._tasks.popitem(last=False)
 
     def all(self) -> list[Task]:
         """Every stored task, oldest first."""
-        return list(self._tasks)
+        return list(self._tasks.values())
+
+    def offer(self, frame: Frame) -> bool:
+        """A task event from the hub (this process's or another's)."""
+        try:
+            self._keep(self._decoder.decode(frame.payload).data)
+        except msgspec.DecodeError:
+            return False  # not a task: someone published something else on the topic
+        return True
+
+    def on_gap(self, channel: str, missed: int) -> None:
+        """Tasks were lost between processes: nothing to refetch from, so nothing to do."""
 
 
 def _json(value: object, status_code: int = 200) -> Response:
@@ -70,11 +110,15 @@ class TaskViews:
         return _json(self.store.all())
 
     async def create(self, request: Request) -> Response:
-        """Store the task, publish it, answer 201 with it; 422 with the reason on a bad body."""
+        """Store the task, publish it, answer 201 with it; 422 on a bad body, 503 if the
+        backend is out of reach (the task is kept here, but the others were not told)."""
         try:
             new = self._decoder.decode(await request.body())
         except msgspec.DecodeError as exc:
             return _json({"detail": str(exc)}, status_code=422)
-        task = self.store.add(new)
-        await self.hub.publish_event(TASKS_TOPIC, task)
+        task = self.store.create(new)
+        try:
+            await self.hub.publish_event(TASKS_TOPIC, task)
+        except BackendUnavailableError as exc:
+            return _json({"detail": f"stored, but not announced: {exc}", "task": task}, status_code=503)
         return _json(task, status_code=201)

@@ -1,0 +1,139 @@
+"""The demo app's HTTP side and its behaviour when the backend is out of reach."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
+
+from rtkit import BackendUnavailableError, Hub, Limits, MemoryBackend
+from rtkit.backends.base import BackendHealth
+from rtkit.cli import main
+from rtkit.demo.app import SETTINGS_ENV, DemoSettings, app_from_environment, create_app
+
+
+class Flaky(MemoryBackend):
+    """A backend that can be switched off, as Redis is in an outage."""
+
+    down = False
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        if self.down:
+            raise BackendUnavailableError("redis: connection refused")
+        await super().publish(channel, data)
+
+    async def subscribe(self, channel: str) -> None:
+        if self.down:
+            raise BackendUnavailableError("redis: connection refused")
+        await super().subscribe(channel)
+
+    def health(self) -> BackendHealth:
+        return BackendHealth(state="down" if self.down else "up", last_error="refused" if self.down else None)
+
+
+@pytest.fixture
+def backend() -> Flaky:
+    return Flaky()
+
+
+@pytest.fixture
+def client(backend: Flaky) -> Iterator[TestClient]:
+    with TestClient(create_app(hub=Hub(backend))) as test_client:
+        yield test_client
+
+
+def test_tasks_are_created_listed_and_validated(client: TestClient) -> None:
+    created = client.post("/tasks", json={"title": "a", "description": "b"})
+    assert created.status_code == 201
+    task = created.json()
+    assert isinstance(task["id"], int)
+    assert client.get("/tasks").json() == [task]
+    for body, reason in [
+        ({"description": "x"}, "missing required field `title`"),
+        ({"title": ""}, "Expected `str` of length >= 1"),
+        ({"title": "t", "extra": 1}, "unknown field `extra`"),
+    ]:
+        bad = client.post("/tasks", json=body)
+        assert bad.status_code == 422
+        assert reason in bad.json()["detail"]
+    assert client.post("/tasks", content=b"not json").status_code == 422
+
+
+def test_the_store_learns_tasks_published_elsewhere(client: TestClient) -> None:
+    other = {"id": 7, "title": "from another worker", "description": "", "created_at": "now"}
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    assert client.portal is not None
+    client.portal.call(hub.publish_event, "tasks", other)
+    client.portal.call(hub.publish_event, "tasks", other)  # twice: listed once
+    client.portal.call(hub.publish_event, "tasks", {"not": "a task"})  # ignored
+    assert client.get("/tasks").json() == [other]
+
+
+def test_the_store_keeps_only_the_latest_tasks(backend: Flaky) -> None:
+    with TestClient(create_app(hub=Hub(backend), settings=DemoSettings(task_limit=2))) as client:
+        for title in "abc":
+            client.post("/tasks", json={"title": title})
+        assert [t["title"] for t in client.get("/tasks").json()] == ["b", "c"]
+
+
+def test_an_outage_answers_503_and_unavailable_frames(client: TestClient, backend: Flaky) -> None:
+    with client.websocket_connect("/ws/topics") as ws:
+        ws.send_json({"type": "subscribe", "topic": "t"})
+        assert ws.receive_json()["type"] == "subscribed"
+        backend.down = True
+        ws.send_json({"type": "publish", "topic": "t", "data": 1, "ref": "p1"})
+        assert ws.receive_json() == {
+            "type": "error",
+            "code": "unavailable",
+            "detail": "redis: connection refused",
+            "ref": "p1",
+        }
+        failed = client.post("/tasks", json={"title": "t"})
+        assert failed.status_code == 503
+        assert failed.json()["task"]["title"] == "t"
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["backend"]["state"] == "down"
+        assert "rtkit_backend_up 0" in client.get("/metrics").text
+        # A chat join needs the backend: the socket is turned away with "try again later".
+        with client.websocket_connect("/ws/chat/r") as chat, pytest.raises(WebSocketDisconnect) as closed:
+            chat.receive_json()
+        assert (closed.value.code, closed.value.reason) == (1013, "backend unavailable")
+        # A topic route subscribing at connect does the same, before accept when it can.
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            client.websocket_connect("/ws/secure/topics/x"),
+        ):
+            pass
+        assert refused.value.status_code == 403  # authentication comes first
+        backend.down = False
+        ws.send_json({"type": "publish", "topic": "t", "data": 2})
+        assert ws.receive_json() == {"type": "event", "topic": "t", "data": 2}
+    assert "rtkit_backend_up 1" in client.get("/metrics").text
+
+
+def test_a_hub_and_a_redis_url_are_not_both_accepted() -> None:
+    with pytest.raises(TypeError, match="not both"):
+        create_app(hub=Hub(), settings=DemoSettings(redis_url="redis://127.0.0.1:6379/0"))
+
+
+def test_workers_read_their_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = DemoSettings(limits=Limits(max_topics=1), task_limit=5)
+    monkeypatch.setenv(SETTINGS_ENV, msgspec.json.encode(settings).decode())
+    with TestClient(app_from_environment()) as client, client.websocket_connect("/ws/topics") as ws:
+        ws.send_json({"type": "subscribe", "topic": "a"})
+        ws.receive_json()
+        ws.send_json({"type": "subscribe", "topic": "b"})
+        assert ws.receive_json()["code"] == "limit_exceeded"
+    monkeypatch.delenv(SETTINGS_ENV)
+    assert isinstance(app_from_environment(), type(create_app()))
+
+
+def test_several_workers_need_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--workers", "2"])
+    assert exited.value.code == 2
+    assert "--workers above 1 needs --redis-url" in capsys.readouterr().err
