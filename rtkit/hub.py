@@ -248,7 +248,9 @@ class Hub:
             if state.active:
                 state.active = False
                 await self.backend.unsubscribe(channel)
-            if self._channels.get(channel) is state:
+            # Someone may have come while the backend unsubscribed: they wait for this lock and
+            # will subscribe again on the same state, which must stay where deliveries find it.
+            if not state.members and not state.pending and self._channels.get(channel) is state:
                 del self._channels[channel]
 
     def subscriber_count(self, channel: str) -> int:
