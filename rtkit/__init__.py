@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rtkit._outbox import Outbox, OverflowPolicy
 from rtkit.auth import Authenticator, JWTAuthenticator, Principal
 from rtkit.backends.base import Backend, BackendHealth
@@ -22,6 +24,9 @@ from rtkit.hub import Hub
 from rtkit.limits import Limits
 from rtkit.metrics import Metrics
 from rtkit.routing import RealtimeRouter
+
+if TYPE_CHECKING:
+    from rtkit.backends.redis import RedisBackend
 
 __version__ = "0.1.0"
 
@@ -48,6 +53,7 @@ __all__ = [
     "Principal",
     "RealtimeEndpoint",
     "RealtimeRouter",
+    "RedisBackend",
     "RtkitError",
     "TopicEndpoint",
     "WireFormat",
@@ -55,3 +61,12 @@ __all__ = [
     "room_channel",
     "topic_channel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisBackend loads on first use, so that `import rtkit` never needs the redis extra.
+    if name == "RedisBackend":
+        from rtkit.backends import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

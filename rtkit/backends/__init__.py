@@ -7,7 +7,21 @@ redis.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rtkit.backends.base import Backend, BackendHealth, Receiver
 from rtkit.backends.memory import MemoryBackend
 
-__all__ = ["Backend", "BackendHealth", "MemoryBackend", "Receiver"]
+if TYPE_CHECKING:
+    from rtkit.backends.redis import RedisBackend
+
+__all__ = ["Backend", "BackendHealth", "MemoryBackend", "Receiver", "RedisBackend"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: a missing redis package then fails with the command to fix it.
+    if name == "RedisBackend":
+        from rtkit.backends.redis import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

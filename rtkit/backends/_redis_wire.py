@@ -1,0 +1,75 @@
+"""The header ``RedisBackend`` puts in front of every payload, and loss detection on receipt.
+
+Wire format of one Redis pub/sub message (17 bytes of header, then the hub's bytes unchanged)::
+
+    offset  size  field
+    0       1     version, currently 1 (a message with another first byte is not ours)
+    1       8     publisher id: random bytes drawn once per backend start
+    9       8     sequence number, unsigned big-endian, per (publisher, channel), from 1
+
+The sequence is counted per channel, not per publisher: a process subscribed to one channel only
+sees that channel's messages, so a per-publisher count would jump at every message the publisher
+sent elsewhere and every jump would look like a loss.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["HEADER_SIZE", "SequenceTracker", "pack", "unpack"]
+
+_VERSION = 1
+_HEADER = struct.Struct(">B8sQ")
+HEADER_SIZE = _HEADER.size
+PUBLISHER_ID_SIZE = 8
+_MAX_PUBLISHERS = 256  # publishers remembered per channel
+
+
+def pack(publisher: bytes, seq: int, data: bytes) -> bytes:
+    """``data`` behind a header naming its publisher and its sequence number."""
+    return _HEADER.pack(_VERSION, publisher, seq) + data
+
+
+def unpack(message: bytes) -> tuple[bytes, int, bytes] | None:
+    """``(publisher, seq, data)`` of a message, or None if it does not carry our header."""
+    if len(message) < HEADER_SIZE or message[0] != _VERSION:
+        return None
+    _, publisher, seq = _HEADER.unpack_from(message)
+    return publisher, seq, message[HEADER_SIZE:]
+
+
+class SequenceTracker:
+    """Remembers the last sequence number seen per (channel, publisher) and counts the holes.
+
+    The first message of a publisher on a channel starts its count: what was published before
+    this process subscribed is not owed to it.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[bytes, int]] = {}
+
+    def check(self, channel: str, publisher: bytes, seq: int) -> int:
+        """Record ``seq`` and return how many messages went missing just before it."""
+        seen = self._last.get(channel)
+        if seen is None:
+            seen = self._last[channel] = {}
+        last = seen.get(publisher)
+        seen[publisher] = seq
+        if last is None and len(seen) > _MAX_PUBLISHERS:
+            # Publishers come and go (a new id at every restart): forget the oldest.
+            del seen[next(iter(seen))]
+        # A number at or below the last one is a publish retried after an uncertain failure
+        # (the publisher only keeps a number once Redis accepted it): nothing was lost.
+        if last is None or seq <= last:
+            return 0
+        return seq - last - 1
+
+    def forget(self, channel: str) -> None:
+        """Drop what is known of ``channel`` (unsubscribed, or its losses already reported)."""
+        self._last.pop(channel, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._last.clear()
