@@ -172,3 +172,43 @@ async def test_several_workers_behind_one_port_share_the_room() -> None:
                 await ws.close()
         pids = {line.split("[")[1].split("]")[0] for line in server.log if "Started server process" in line}
         assert len(pids) == 2  # two worker processes really served
+
+
+async def test_a_redis_restart_mid_stream_is_survived_and_reported_to_clients() -> None:
+    from rtkit import Hub
+    from rtkit.backends.redis import RedisBackend
+    from rtkit.demo import create_app
+    from rtkit.testing import LiveServer
+    from tests.redis_support import poll, private_redis_server
+
+    with private_redis_server() as redis_server:
+        backend = RedisBackend(redis_server.url, prefix=unique_prefix(), timeout=0.5, ping_interval=0.25)
+        with LiveServer(create_app(hub=Hub(backend))) as server:
+            async with (
+                connect(server.ws_url("/ws/topics/stream")) as subscriber,
+                connect(server.ws_url("/ws/topics")) as publisher,
+                httpx2.AsyncClient() as http,
+            ):
+                for n in range(5):
+                    await send_json(publisher, {"type": "publish", "topic": "stream", "data": n})
+                assert [(await recv_json(subscriber))["data"] for _ in range(5)] == list(range(5))
+
+                redis_server.kill()
+                with anyio.fail_after(5):
+                    await poll(lambda: backend.health().state == "down")
+                health = await http.get(server.http_url("/health"))
+                assert (health.status_code, health.json()["backend"]["state"]) == (503, "down")
+                await send_json(publisher, {"type": "publish", "topic": "stream", "data": "lost", "ref": 1})
+                refused = await recv_json(publisher)
+                assert (refused["code"], refused["ref"]) == ("unavailable", 1)  # the socket stays
+                assert (await http.post(server.http_url("/tasks"), json={"title": "t"})).status_code == 503
+
+                await redis_server.restart()
+                # Once resubscribed, the subscriber is told that it may have missed something.
+                assert await recv_json(subscriber) == {"type": "gap", "missed": 1, "topic": "stream"}
+                await send_json(publisher, {"type": "publish", "topic": "stream", "data": "back"})
+                assert await recv_json(subscriber) == {"type": "event", "topic": "stream", "data": "back"}
+                assert (await http.get(server.http_url("/health"))).json()["backend"]["state"] == "up"
+                metrics = (await http.get(server.http_url("/metrics"))).text
+                assert "rtkit_backend_reconnects_total 1" in metrics
+                assert "rtkit_gaps_total 2" in metrics  # the stream and the task store's topic
