@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from rtkit import BackendUnavailableError, Hub, MemoryBackend, RealtimeEndpoint, RealtimeRouter
 from rtkit._types import Message
 from rtkit.codec import encode
+from tests.asgi import scripted_receive, websocket_scope
 from tests.test_hub import Recorder
 
 log: list[Any] = []
@@ -94,23 +95,12 @@ async def test_user_code_meeting_a_vanished_peer_is_a_disconnect_not_a_fault(
     caplog: pytest.LogCaptureFixture, how: str, code: int
 ) -> None:
     log.clear()
-    incoming: list[Message] = [
-        {"type": "websocket.connect"},
-        {"type": "websocket.receive", "text": f'{{"type": "gone", "how": "{how}"}}'},
-    ]
-
-    async def receive() -> Message:
-        if incoming:
-            return incoming.pop(0)
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def send(message: Message) -> None:
         pass
 
-    scope = {"type": "websocket", "path": "/", "headers": [], "query_string": b"", "subprotocols": []}
     with caplog.at_level(logging.ERROR, logger="rtkit"), anyio.fail_after(5):
-        await Auditing(scope, receive, send)
+        await Auditing(websocket_scope(), scripted_receive(f'{{"type": "gone", "how": "{how}"}}'), send)
     assert ("disconnect", code) in log
     # Only the fault in on_disconnect is logged, with its traceback: the disconnect is not.
     assert [r.getMessage() for r in caplog.records] == ["Auditing: unhandled exception in on_disconnect"]

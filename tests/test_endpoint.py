@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtkit import ConfigurationError, RealtimeEndpoint, RealtimeRouter
 from rtkit._types import Message
+from tests.asgi import scripted_receive, websocket_scope
 
 
 class Add(msgspec.Struct, tag="add", kw_only=True):
@@ -355,23 +356,13 @@ async def test_a_server_that_refuses_frames_ends_the_connection_quietly(
 ) -> None:
     """wsproto answers a send after its own close with RuntimeError: the socket just ends."""
     events.clear()
-    incoming: list[Message] = [
-        {"type": "websocket.connect"},
-        {"type": "websocket.receive", "text": '{"type": "add", "a": 1, "b": 2}'},
-    ]
-
-    async def receive() -> Message:
-        if incoming:
-            return incoming.pop(0)
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def send(message: Message) -> None:
         if message["type"] == "websocket.send":
             raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.")
 
-    scope = {"type": "websocket", "path": "/calc", "headers": [], "query_string": b"", "subprotocols": []}
+    receive = scripted_receive('{"type": "add", "a": 1, "b": 2}')
     with caplog.at_level(logging.ERROR), anyio.fail_after(5):
-        await Calculator(scope, receive, send)
+        await Calculator(websocket_scope("/calc"), receive, send)
     assert events == [("disconnect", 1006)]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
