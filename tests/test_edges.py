@@ -166,3 +166,16 @@ async def test_a_subscribe_racing_the_last_unsubscribe_keeps_the_channel() -> No
         await hub.publish("c", "still here")
         assert second.decoded() == ["still here"]
         assert hub.channel_count == 1
+
+
+def test_the_redis_backend_is_reached_lazily_from_the_package() -> None:
+    import rtkit
+    import rtkit.backends
+    from rtkit.backends.redis import RedisBackend
+
+    assert rtkit.RedisBackend is RedisBackend
+    assert rtkit.backends.RedisBackend is RedisBackend
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = rtkit.Nope
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = rtkit.backends.Nope
