@@ -2,11 +2,14 @@
 
 Why not an ``anyio`` memory stream or ``asyncio.Queue``: the healthy path must cost little more
 than a direct send. Here an offer is a deque append, the writer is woken only when it is idle,
-and one wake-up drains everything queued meanwhile.
+and one wake-up drains everything queued meanwhile. On asyncio the writer parks on a bare
+future of the loop (an ``anyio.Event`` costs several times more to make, and one is needed per
+wake-up); on trio it parks on an ``anyio.Event``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
@@ -43,8 +46,10 @@ class Outbox:
     __slots__ = (
         "_bytes",
         "_close",
-        "_queue",
+        "_flushing",
+        "_wake_pending",
         "_wakeup",
+        "closing",
         "dropped",
         "max_bytes",
         "max_messages",
@@ -52,6 +57,7 @@ class Outbox:
         "on_overflow",
         "overflowed",
         "policy",
+        "queue",
     )
 
     def __init__(
@@ -72,40 +78,45 @@ class Outbox:
         """Frames discarded by the overflow policy."""
         self.overflowed = False
         """True once the ``disconnect`` policy gave up on this socket."""
-        self._queue: deque[tuple[dict[str, Any], int]] = deque()
+        self.queue: deque[tuple[dict[str, Any], int]] = deque()
+        """What waits to be sent: (ASGI event, payload bytes), oldest first."""
         self._bytes = 0
         self._close: tuple[int, str] | None = None
-        self._wakeup: anyio.Event | None = None
+        self.closing = False
+        """Whether a close was requested (no more frames are taken)."""
+        self._wakeup: asyncio.Future[None] | anyio.Event | None = None
+        self._flushing = False
+        self._wake_pending = False
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     @property
     def queued_bytes(self) -> int:
         """Payload bytes waiting now."""
         return self._bytes
 
-    @property
-    def closing(self) -> bool:
-        """Whether a close was requested (no more frames are taken)."""
-        return self._close is not None
 
-    def put(self, event: dict[str, Any], size: int) -> bool:
+    def put(self, event: dict[str, Any], size: int, *, wake: bool = True) -> bool:
         """Queue an ASGI send event of ``size`` payload bytes; never waits.
+
+        With ``wake=False`` the writer is left asleep: the caller promises to call ``flush``
+        soon (the receive loop does, after each handler), which sends inline when it can.
 
         Returns:
             True if queued; False if refused (closing, or the overflow policy dropped it).
         """
-        if self._close is not None:
+        if self.closing:
             self._drop(1)
             return False
-        queue = self._queue
+        queue = self.queue
         full = len(queue) >= self.max_messages or self._bytes + size > self.max_bytes
         if full and not self._make_room(size):
             return False
         queue.append((event, size))
         self._bytes += size
-        self._wake()
+        if wake and self._wakeup is not None:
+            self._wake()
         return True
 
     def put_front(self, event: dict[str, Any], size: int) -> bool:
@@ -116,22 +127,22 @@ class Outbox:
         if self._close is not None:
             self._drop(1)
             return False
-        self._queue.appendleft((event, size))
+        self.queue.appendleft((event, size))
         self._bytes += size
         self._wake()
         return True
 
     def _make_room(self, size: int) -> bool:
         if self.policy == "drop_oldest" and size <= self.max_bytes:
-            queue = self._queue
+            queue = self.queue
             while queue and (len(queue) >= self.max_messages or self._bytes + size > self.max_bytes):
                 _, dropped_size = queue.popleft()
                 self._bytes -= dropped_size
                 self._drop(1)
             return True
         if self.policy == "disconnect":
-            self._drop(len(self._queue) + 1)
-            self._queue.clear()
+            self._drop(len(self.queue) + 1)
+            self.queue.clear()
             self._bytes = 0
             self.overflowed = True
             self.metrics.slow_consumer_disconnects += 1
@@ -150,13 +161,48 @@ class Outbox:
         """Ask the writer to send a close frame after what is queued; later frames are refused."""
         if self._close is None:
             self._close = (code, reason)
+            self.closing = True
             self._wake()
 
     def _wake(self) -> None:
+        if self._flushing:
+            self._wake_pending = True  # the flush sends it, or wakes the writer when done
+            return
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
-            wakeup.set()
+            if isinstance(wakeup, anyio.Event):
+                wakeup.set()
+            elif not wakeup.done():  # a cancelled writer leaves a cancelled future behind
+                wakeup.set_result(None)
+
+    async def flush(self, send: Send) -> None:
+        """Send what waits now, from the caller's task when the writer is asleep.
+
+        A reply to a request costs no task switch this way: the receive loop that queued it
+        sends it. When the writer is already awake (or a close is due) it is left to the writer,
+        so frames never go out from two tasks at once. A failed send means the peer is gone.
+        """
+        queue = self.queue
+        if not queue or self._wakeup is None or self._close is not None or self._flushing:
+            if queue or self._close is not None:
+                self._wake()
+            return
+        self._flushing = True
+        metrics = self.metrics
+        try:
+            while queue:
+                event, size = queue.popleft()
+                self._bytes -= size
+                await send(event)
+                metrics.messages_out += 1
+        except RuntimeError as exc:  # wsproto's word for a socket it already closed
+            raise ConnectionResetError(str(exc)) from exc
+        finally:
+            self._flushing = False
+        if self._wake_pending or self._close is not None:
+            self._wake_pending = False
+            self._wake()
 
     async def drain(self, send: Send) -> tuple[int, str]:
         """Send queued frames in order until a close is requested; then send the close.
@@ -164,8 +210,12 @@ class Outbox:
         Returns:
             The close code and reason that were sent.
         """
-        queue = self._queue
+        queue = self.queue
         metrics = self.metrics
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            loop = None
         while True:
             while queue:
                 event, size = queue.popleft()
@@ -176,5 +226,10 @@ class Outbox:
                 code, reason = self._close
                 await send({"type": "websocket.close", "code": code, "reason": reason})
                 return code, reason
-            wakeup = self._wakeup = anyio.Event()
-            await wakeup.wait()
+            if loop is not None:
+                future: asyncio.Future[None] = loop.create_future()
+                self._wakeup = future
+                await future
+            else:
+                event_ = self._wakeup = anyio.Event()
+                await event_.wait()

@@ -19,7 +19,9 @@ other sockets are not affected. The guards and their answers are listed in ``rtk
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -61,6 +63,23 @@ _HEARTBEAT = Frame(encode(Heartbeat()))
 # How long cleanup (on_disconnect, leaving channels) may take while the server shuts down.
 _CLEANUP_TIMEOUT = 5.0
 _DENIAL_EXTENSION = "websocket.http.response"
+
+
+def _current_task_getter() -> Callable[[], object]:
+    """How to name the running task, on whichever event loop runs us (asyncio or trio)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no asyncio loop here: trio
+        pass
+    else:
+        return functools.partial(asyncio.current_task, loop)
+    try:
+        import trio
+
+        trio.lowlevel.current_task()
+        return trio.lowlevel.current_task
+    except (ImportError, RuntimeError):  # pragma: no cover - another loop: never defer
+        return lambda: None
 
 
 def _union_members(tp: Any) -> tuple[Any, ...]:
@@ -181,6 +200,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._sent_close: int | None = None
         self._forced_close: int | None = None
         self._admitted = False
+        # Replies queued by a handler from the receive loop are sent by that loop right after
+        # the handler (no task switch); see Outbox.flush.
+        self._loop_task: object = None
+        self._task_of: Callable[[], object] = lambda: None
 
     @property
     def hub(self) -> Hub:
@@ -256,11 +279,18 @@ class RealtimeEndpoint(WebSocketEndpoint):
 
     def send_frame(self, frame: Frame) -> bool:
         """Queue an already encoded ``Frame``; False if the outbox refused it."""
-        return self.outbox.put(frame.event(self.wire), frame.size)
+        return self._queue(frame.event(self.wire), frame.size)
 
     def offer(self, frame: Frame) -> bool:
         """The hub's entry point: queue a fanned-out frame without waiting."""
-        return self.outbox.put(frame.event(self.wire), frame.size)
+        if self._handling_since is None:  # the common case, kept short: fan-out is hot
+            return self.outbox.put(frame.event(self.wire), frame.size)
+        return self._queue(frame.event(self.wire), frame.size)
+
+    def _queue(self, event: dict[str, Any], size: int) -> bool:
+        if self._handling_since is not None and self._task_of() is self._loop_task:
+            return self.outbox.put(event, size, wake=False)  # the loop flushes after the handler
+        return self.outbox.put(event, size)
 
     async def send_error(self, code: str, detail: str, *, ref: Ref = None) -> None:
         """Answer the peer with an error frame; the connection stays open."""
@@ -473,35 +503,43 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 return
 
     async def _receive_loop(self, websocket: WebSocket) -> int:
-        receive = self.receive
+        receive, send = self.receive, self.send
         route = None if self._custom_on_receive else self._routes
-        metrics = self.metrics
+        metrics, outbox, guard = self.metrics, self.outbox, self._guard
+        pending = outbox.queue
+        monotonic = time.monotonic
+        self._task_of = _current_task_getter()
+        self._loop_task = self._task_of()
         while True:
             inbox = self._inbox
             message = await receive() if inbox is None else await inbox.get()
-            if message["type"] == "websocket.receive":
-                metrics.messages_in += 1
-                self._last_inbound = now = time.monotonic()
-                if self.outbox.closing:
-                    continue  # closing: what the peer still sends is not served
-                data = self._guard(message)
-                if data is _INVALID:
-                    continue
-                self._handling_since = now
+            if message["type"] != "websocket.receive":
+                if message["type"] == "websocket.disconnect":
+                    return int(message.get("code") or 1000)
+                continue
+            metrics.messages_in += 1
+            self._last_inbound = now = monotonic()
+            if outbox.closing:
+                continue  # closing: what the peer still sends is not served
+            data = guard(message, now)
+            if data is _INVALID:
+                continue
+            self._handling_since = now
+            try:
                 handler = route.get(type(data)) if route is not None else None
-                try:
-                    if handler is not None:
-                        await handler(self, websocket, data)
-                    else:
-                        await self.on_receive(websocket, data)
-                except BackendUnavailableError as exc:
-                    # The request could not be carried out now; the client may retry it.
-                    self._queue_error("unavailable", str(exc), getattr(data, "ref", None))
+                if handler is not None:
+                    await handler(self, websocket, data)
+                else:
+                    await self.on_receive(websocket, data)
+            except BackendUnavailableError as exc:
+                # The request could not be carried out now; the client may retry it.
+                self._queue_error("unavailable", str(exc), getattr(data, "ref", None))
+            finally:
                 self._handling_since = None
-            elif message["type"] == "websocket.disconnect":
-                return int(message.get("code") or 1000)
+            if pending:
+                await outbox.flush(send)
 
-    def _guard(self, message: Message) -> Any:
+    def _guard(self, message: Message, now: float) -> Any:
         """Size, rate and decoding of one frame: the decoded value, or _INVALID if refused."""
         text = message.get("text")
         raw: str | bytes | None = text if text is not None else message.get("bytes")
@@ -513,7 +551,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 return _INVALID
         bucket = self._bucket
         if bucket is not None:
-            if not bucket.take():
+            if not bucket.take(now):
                 self._limited_in_row += 1
                 if self._limited_in_row >= limits.max_rate_violations:
                     self._request_close(1008, "rate limit exceeded")

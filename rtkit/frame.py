@@ -20,17 +20,14 @@ class Frame:
         payload: the message as JSON bytes.
     """
 
-    __slots__ = ("_binary_event", "_text_event", "payload")
+    __slots__ = ("_binary_event", "_text_event", "payload", "size")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
+        self.size = len(payload)
+        """Bytes of the JSON payload: what an outbox charges against its bound."""
         self._text_event: dict[str, Any] | None = None
         self._binary_event: dict[str, Any] | None = None
-
-    @property
-    def size(self) -> int:
-        """Bytes of the JSON payload: what an outbox charges against its bound."""
-        return len(self.payload)
 
     def event(self, wire: WireFormat) -> dict[str, Any]:
         """The ASGI send event carrying this frame in ``wire`` format (built once, then shared)."""

@@ -124,9 +124,10 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = time.monotonic()
 
-    def take(self) -> bool:
-        """Spend one token if there is one."""
-        now = time.monotonic()
+    def take(self, now: float | None = None) -> bool:
+        """Spend one token if there is one (``now``: ``time.monotonic()``, if the caller has it)."""
+        if now is None:
+            now = time.monotonic()
         tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         if tokens >= 1.0:

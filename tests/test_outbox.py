@@ -16,7 +16,7 @@ def event(n: int) -> dict[str, Any]:
 
 
 def texts(outbox: Outbox) -> list[str]:
-    return [e["text"] for e, _ in outbox._queue]
+    return [e["text"] for e, _ in outbox.queue]
 
 
 def test_frames_queue_in_order_within_the_bounds() -> None:
@@ -105,3 +105,80 @@ async def test_the_writer_sends_everything_in_order_then_the_close() -> None:
     assert [m.get("text") for m in sent[:3]] == ["0", "1", "2"]
     assert sent[3] == {"type": "websocket.close", "code": 4000, "reason": "bye"}
     assert result == [(4000, "bye")]
+
+
+@pytest.mark.anyio
+async def test_flush_sends_inline_while_the_writer_sleeps_and_defers_to_it_otherwise() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    by_writer: list[Message] = []
+    inline: list[Message] = []
+    gate = anyio.Event()
+
+    async def writer_send(message: Message) -> None:
+        by_writer.append(message)
+
+    async def inline_send(message: Message) -> None:
+        inline.append(message)
+        if len(inline) == 1:
+            # Another task queues while the inline flush is under way: the writer must stay
+            # asleep until the flush ends, then send it (never two senders at once).
+            outbox.put(event(2), 1)
+            await gate.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outbox.drain, writer_send)
+        await anyio.wait_all_tasks_blocked()
+        outbox.put(event(1), 1, wake=False)
+        assert by_writer == []  # not woken
+        tg.start_soon(outbox.flush, inline_send)
+        await anyio.wait_all_tasks_blocked()
+        assert [m["text"] for m in inline] == ["1"]
+        assert by_writer == []
+        gate.set()
+        await anyio.wait_all_tasks_blocked()
+        # The flush took the frame queued meanwhile too, in order; the writer got nothing.
+        assert [m["text"] for m in inline] == ["1", "2"]
+        outbox.put(event(3), 1)  # a normal put wakes the writer again
+        await anyio.wait_all_tasks_blocked()
+        assert [m["text"] for m in by_writer] == ["3"]
+        outbox.close(1000)
+    assert by_writer[-1]["type"] == "websocket.close"
+
+
+@pytest.mark.anyio
+async def test_flush_leaves_frames_to_a_writer_that_is_awake() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[Message] = []
+
+    async def never(message: Message) -> None:  # pragma: no cover - must not be called
+        raise AssertionError("flushed while the writer was awake")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    outbox.put(event(1), 1)  # no writer yet: nobody is asleep, so nothing may send inline
+    await outbox.flush(never)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outbox.drain, send)
+        await anyio.wait_all_tasks_blocked()
+        outbox.close(1000)
+    assert [m.get("text") for m in sent] == ["1", None]
+
+
+@pytest.mark.anyio
+async def test_a_socket_closed_under_an_inline_flush_reads_as_a_reset() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+
+    async def refusing(message: Message) -> None:
+        raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.")
+
+    async def quiet(message: Message) -> None:
+        pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outbox.drain, quiet)
+        await anyio.wait_all_tasks_blocked()
+        outbox.put(event(1), 1, wake=False)
+        with pytest.raises(ConnectionResetError):
+            await outbox.flush(refusing)
+        tg.cancel_scope.cancel()

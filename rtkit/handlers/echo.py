@@ -20,6 +20,6 @@ class EchoEndpoint(RealtimeEndpoint):
     async def on_receive(self, websocket: WebSocket, data: str | bytes) -> None:
         """Queue the frame back to the sender."""
         if isinstance(data, str):
-            self.outbox.put({"type": "websocket.send", "text": data}, len(data))
+            self._queue({"type": "websocket.send", "text": data}, len(data))
         else:
-            self.outbox.put({"type": "websocket.send", "bytes": data}, len(data))
+            self._queue({"type": "websocket.send", "bytes": data}, len(data))
