@@ -197,6 +197,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._inbox: Inbox | None = None
         self._task_group: TaskGroup | None = None
         self._close_deadline_set = False
+        self._watching = False
         self._sent_close: int | None = None
         self._forced_close: int | None = None
         self._admitted = False
@@ -399,8 +400,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self._task_group = tg
             tg.start_soon(self._write, tg.cancel_scope)
             limits = self.limits
-            if limits.idle_timeout or limits.heartbeat_interval or limits.stall_check_interval:
-                tg.start_soon(self._watch)
+            if limits.idle_timeout or limits.heartbeat_interval:
+                self._start_watch()
+            # Otherwise the watchdog only guards against stalled handlers: it starts with the
+            # first handler, so a connection that never sends costs no task for it.
             try:
                 close_code = await self._receive_loop(websocket)
             except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
@@ -454,6 +457,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
         if self._sent_close is None and self._task_group is not None:
             self._forced_close = code
             self._task_group.cancel_scope.cancel()
+
+    def _start_watch(self) -> None:
+        if not self._watching and self._task_group is not None:
+            self._watching = True
+            self._task_group.start_soon(self._watch)
 
     async def _watch(self) -> None:
         """Idle timeout, heartbeats, and rescuing the receive loop from a slow handler."""
@@ -525,6 +533,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
             if data is _INVALID:
                 continue
             self._handling_since = now
+            if not self._watching and self.limits.stall_check_interval is not None:
+                self._start_watch()
             try:
                 handler = route.get(type(data)) if route is not None else None
                 if handler is not None:
