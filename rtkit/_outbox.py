@@ -96,7 +96,6 @@ class Outbox:
         """Payload bytes waiting now."""
         return self._bytes
 
-
     def put(self, event: dict[str, Any], size: int, *, wake: bool = True) -> bool:
         """Queue an ASGI send event of ``size`` payload bytes; never waits.
 

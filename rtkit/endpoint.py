@@ -198,6 +198,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._task_group: TaskGroup | None = None
         self._close_deadline_set = False
         self._watching = False
+        self._decode: Callable[[Any], Any] | None = None
         self._sent_close: int | None = None
         self._forced_close: int | None = None
         self._admitted = False
@@ -518,6 +519,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
         monotonic = time.monotonic
         self._task_of = _current_task_getter()
         self._loop_task = self._task_of()
+        codec = self._codec
+        self._decode = codec.decoder(self.wire) if codec is not None else None
         while True:
             inbox = self._inbox
             message = await receive() if inbox is None else await inbox.get()
@@ -569,16 +572,16 @@ class RealtimeEndpoint(WebSocketEndpoint):
                     self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", None)
                 return _INVALID
             self._limited_in_row = 0
-        codec = self._codec
-        if codec is None:
+        decode = self._decode
+        if decode is None:
             return raw
         if raw is None or (text is None) == (self.wire == "json"):
             expected = "text (JSON)" if self.wire == "json" else "binary (MessagePack)"
             return self._invalid(f"expected {expected} frames on this connection", None)
         try:
-            data = codec.decode(raw, self.wire)
+            data = decode(raw)
         except msgspec.DecodeError as exc:
-            kind, ref = codec.probe(raw, self.wire)
+            kind, ref = Codec.probe(raw, self.wire)
             if kind == "heartbeat":
                 return _INVALID  # a client's sign of life: it reset the idle timer, nothing more
             return self._invalid(str(exc), ref)

@@ -7,11 +7,12 @@ request's ``ref`` so that clients can match answers to questions. Fields left at
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
 __all__ = [
+    "NO_DATA",
     "ChatInbound",
     "Envelope",
     "ErrorCode",
@@ -142,11 +143,20 @@ class Unsubscribe(Envelope, tag="unsubscribe"):
     topic: str
 
 
+NO_DATA: Final = msgspec.Raw(b"null")
+"""``Publish.data`` when the client sent none: JSON ``null``."""
+
+
 class Publish(Envelope, tag="publish"):
-    """Client to server: deliver ``data`` to every subscriber of ``topic``."""
+    """Client to server: deliver ``data`` to every subscriber of ``topic``.
+
+    ``data`` is kept as the client sent it (``msgspec.Raw``: the undecoded JSON, or MessagePack
+    on a MessagePack connection), so forwarding it costs no decode and no re-encode; read it
+    with ``msgspec.json.decode(message.data)`` if a handler needs its value.
+    """
 
     topic: str
-    data: Any = None
+    data: msgspec.Raw = NO_DATA
 
 
 class Subscribed(Envelope, tag="subscribed"):

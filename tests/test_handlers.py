@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import msgspec
 import pytest
 from anyio.from_thread import BlockingPortal
 from starlette.applications import Starlette
@@ -168,3 +169,16 @@ def test_gap_notices_name_the_topic_or_room(client: TestClient) -> None:
         portal(client).call(hub.gap, "room:r", 1)
         assert topic.receive_json() == {"type": "gap", "missed": 2, "topic": "t"}
         assert chat.receive_json() == {"type": "gap", "missed": 1, "room": "r"}
+
+
+def test_publish_data_is_forwarded_as_sent_on_both_wires(client: TestClient) -> None:
+    with (
+        client.websocket_connect("/topics/w") as plain,
+        client.websocket_connect("/topics", subprotocols=["rtkit.msgpack"]) as packed,
+    ):
+        packed.send_bytes(msgspec.msgpack.encode({"type": "publish", "topic": "w"}))  # no data
+        packed.send_bytes(msgspec.msgpack.encode({"type": "publish", "topic": "w", "data": {"x": [1.5]}}))
+        plain.send_json({"type": "publish", "topic": "w", "data": "  spaced"})
+        assert plain.receive_json() == {"type": "event", "topic": "w", "data": None}
+        assert plain.receive_json() == {"type": "event", "topic": "w", "data": {"x": [1.5]}}
+        assert plain.receive_json() == {"type": "event", "topic": "w", "data": "  spaced"}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import msgspec
 from starlette.websockets import WebSocket
 
 from rtkit.channels import topic_channel
@@ -12,6 +13,7 @@ from rtkit.endpoint import Action, RealtimeEndpoint
 from rtkit.frame import Frame
 from rtkit.limits import topic_name_error
 from rtkit.messages import (
+    NO_DATA,
     Event,
     Gap,
     Publish,
@@ -96,6 +98,9 @@ class TopicEndpoint(RealtimeEndpoint):
         """Deliver ``event`` to the topic's subscribers; answer ``published`` if given a ``ref``."""
         if not await self.check("publish", message.topic, message.ref):
             return
-        await self.publish(topic_channel(message.topic), Event(topic=message.topic, data=message.data))
+        data: Any = message.data  # JSON bytes, embedded in the event as they came
+        if self.wire == "msgpack" and data is not NO_DATA:
+            data = msgspec.msgpack.decode(data)  # the hub carries JSON: decode it once here
+        await self.publish(topic_channel(message.topic), Event(topic=message.topic, data=data))
         if message.ref is not None:
             await self.send_message(Published(topic=message.topic, ref=message.ref))
