@@ -1,0 +1,1 @@
+"""End-to-end benchmarks: a uvicorn server process and a load-client process over loopback."""

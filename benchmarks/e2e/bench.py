@@ -1,0 +1,269 @@
+"""The end-to-end benchmark: each contender served by uvicorn, driven by the load client.
+
+For every repeat and every contender (the order rotates between repeats so that slow drifts of
+the machine fall on everyone): echo at each connection count, room broadcast at each member
+count, idle connections, and a broadcast with one member that stops reading.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+
+from benchmarks._results import Measurement, Section, add_ratio, merge_samples
+from benchmarks.e2e.loadgen import LoadResult, LoadSpec
+from benchmarks.e2e.processes import BenchProcessError, ServerProcess, run_client
+from benchmarks.environment import CLIENT_CPU, SERVER_CPU
+from benchmarks.settings import Settings
+
+__all__ = ["LOWER_IS_BETTER", "METRIC_UNITS", "Collector", "run"]
+
+ECHO_TARGETS = {"raw-asgi": 0.9, "fastapi-tutorial": 1.3}
+BROADCAST_TARGETS = {"raw-asgi": 0.85}
+STALLED_TARGET = 0.8
+# rtkit's outbox holds at most 1 MiB per socket; what the server gains beyond this while one
+# member is stalled means something else is growing.
+STALLED_RSS_BOUND_MIB = 64.0
+
+METRIC_UNITS = {
+    "replies_per_s": "/s",
+    "deliveries_per_s": "/s",
+    "rtt_p50_us": "us",
+    "rtt_p99_us": "us",
+    "latency_p50_us": "us",
+    "latency_p99_us": "us",
+    "server_cpu_us_per_msg": "us",
+    "server_cpu_us_per_delivery": "us",
+    "server_cpu_share": "cores",
+    "server_kib_per_connection": "KiB",
+    "server_rss_mib": "MiB",
+    "server_rss_peak_mib": "MiB",
+    "server_rss_growth_mib": "MiB",
+    "connections_per_s": "/s",
+}
+"""Units of the metrics the load client reports."""
+LOWER_IS_BETTER = frozenset(
+    {
+        "rtt_p50_us",
+        "rtt_p99_us",
+        "latency_p50_us",
+        "latency_p99_us",
+        "server_cpu_us_per_msg",
+        "server_cpu_us_per_delivery",
+        "server_kib_per_connection",
+        "server_rss_mib",
+        "server_rss_peak_mib",
+        "server_rss_growth_mib",
+        "undelivered",
+    }
+)
+
+Key = tuple[str, str, str]
+
+
+class Collector:
+    """Results of every load run, grouped by (case, param, contender)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[Key, list[LoadResult]] = {}
+        self.failures: list[str] = []
+
+    def record(self, key: Key, produce: Callable[[], LoadResult]) -> None:
+        try:
+            self.runs.setdefault(key, []).append(produce())
+        except BenchProcessError as exc:
+            self.failures.append(f"{' / '.join(key)}: {exc}")
+
+    def measurements(self) -> list[Measurement]:
+        out = []
+        for (case, param, contender), results in self.runs.items():
+            metrics, samples = merge_samples(r.metrics for r in results)
+            checks: dict[str, bool] = {}
+            for r in results:
+                for name, ok in r.checks.items():
+                    checks[name] = checks.get(name, True) and ok
+            notes = sorted({note for r in results for note in r.notes})
+            out.append(
+                Measurement(
+                    case=case,
+                    param=param,
+                    contender=contender,
+                    metrics=metrics,
+                    samples=samples,
+                    checks=checks,
+                    notes=notes,
+                )
+            )
+        return out
+
+
+def _spec(settings: Settings, server: ServerProcess, pin: bool, **fields: object) -> LoadSpec:
+    base: dict[str, object] = {
+        "ports": [server.port],
+        "server_pids": [server.pid],
+        "seconds": settings.e2e_seconds,
+        "warmup": settings.e2e_warmup,
+        "max_messages": settings.e2e_max_messages,
+        "cpu": CLIENT_CPU if pin else None,
+    }
+    base.update(fields)
+    return LoadSpec(**base)  # type: ignore[arg-type]  # fields are checked by LoadSpec itself
+
+
+def _large(settings: Settings) -> str:
+    return f"{settings.stalled_members} members, {settings.stalled_text_bytes}-byte text"
+
+
+def _stalled(settings: Settings) -> str:
+    return f"{settings.stalled_members} members (1 stalled), {settings.stalled_text_bytes}-byte text"
+
+
+def _one_contender(settings: Settings, app: str, repeat: int, pin: bool, out: Collector) -> None:
+    cpu = SERVER_CPU if pin else None
+    welcome = app == "rtkit"  # only rtkit's ChatEndpoint says when a member is subscribed
+    server = ServerProcess(app, cpu=cpu).start()
+    try:
+        for n in settings.echo_connections:
+            spec = _spec(settings, server, pin, scenario="echo", connections=n)
+            out.record(("echo", f"{n} connections", app), functools.partial(run_client, spec))
+        for n in settings.broadcast_members:
+            spec = _spec(
+                settings,
+                server,
+                pin,
+                scenario="broadcast",
+                connections=n,
+                window=max(2, 1000 // n),
+                wait_welcome=welcome,
+                room=f"b{n}-r{repeat}",
+            )
+            out.record(("broadcast", f"{n} members", app), functools.partial(run_client, spec))
+        members, text = settings.stalled_members, settings.stalled_text_bytes
+        spec = _spec(
+            settings,
+            server,
+            pin,
+            scenario="broadcast",
+            connections=members,
+            window=max(2, 1000 // members),
+            wait_welcome=welcome,
+            room=f"h{members}-r{repeat}",
+            text_bytes=text,
+        )
+        out.record(("broadcast-large", _large(settings), app), functools.partial(run_client, spec))
+        for n in settings.idle_connections:
+            if settings.fresh_servers:
+                server.stop()
+                server = ServerProcess(app, cpu=cpu).start()
+            spec = _spec(settings, server, pin, scenario="idle", connections=n, timeout=120.0)
+            out.record(("idle", f"{n} connections", app), functools.partial(run_client, spec))
+        if settings.fresh_servers:
+            server.stop()
+            server = ServerProcess(app, cpu=cpu).start()
+        spec = _spec(
+            settings,
+            server,
+            pin,
+            scenario="broadcast",
+            connections=members,
+            stalled=1,
+            window=max(2, 1000 // members),
+            wait_welcome=welcome,
+            room=f"s{members}-r{repeat}",
+            text_bytes=text,
+            prefill_bytes=settings.stalled_prefill_bytes,
+        )
+        out.record(("broadcast-stalled", _stalled(settings), app), functools.partial(run_client, spec))
+    finally:
+        server.stop()
+
+
+def run(settings: Settings, *, pin: bool = True) -> Section:
+    """Run every scenario for every contender, ``e2e_repeats`` times."""
+    section = Section(
+        name="e2e",
+        title="End to end over loopback (uvicorn, uvloop, httptools, websockets-sansio, no deflate)",
+        description=(
+            "Server and load client in separate processes"
+            + (", pinned to separate cores" if pin else "")
+            + ". Echo: one message in flight per connection. Broadcast: member 0 sends 'say', every "
+            "member receives 'message'; latency is publish-to-delivery. Idle: server RSS per open socket."
+        ),
+        metric_units=dict(METRIC_UNITS),
+        lower_is_better=sorted(LOWER_IS_BETTER),
+    )
+    collector = Collector()
+    contenders = list(settings.e2e_contenders)
+    for repeat in range(settings.e2e_repeats):
+        shift = repeat % len(contenders)
+        for app in itertools.chain(contenders[shift:], contenders[:shift]):
+            try:
+                _one_contender(settings, app, repeat, pin, collector)
+            except BenchProcessError as exc:
+                collector.failures.append(f"{app}: {exc}")
+    section.measurements = collector.measurements()
+    section.notes.extend(collector.failures)
+    _ratios(section, settings)
+    return section
+
+
+def _ratios(section: Section, settings: Settings) -> None:
+    baselines = [c for c in settings.e2e_contenders if c != "rtkit"]
+    for n in settings.echo_connections:
+        for baseline in baselines:
+            param = f"{n} connections"
+            target = ECHO_TARGETS.get(baseline)
+            add_ratio(
+                section, case="echo", param=param, metric="replies_per_s", baseline=baseline, target=target
+            )
+            add_ratio(section, case="echo", param=param, metric="server_cpu_us_per_msg", baseline=baseline)
+    for n in settings.broadcast_members:
+        for baseline in baselines:
+            param = f"{n} members"
+            target = BROADCAST_TARGETS.get(baseline)
+            add_ratio(
+                section,
+                case="broadcast",
+                param=param,
+                metric="deliveries_per_s",
+                baseline=baseline,
+                target=target,
+            )
+            add_ratio(
+                section, case="broadcast", param=param, metric="server_cpu_us_per_delivery", baseline=baseline
+            )
+    stalled = _stalled(settings)
+    add_ratio(
+        section,
+        case="broadcast-stalled",
+        param=stalled,
+        metric="deliveries_per_s",
+        baseline="rtkit",
+        against=("broadcast-large", _large(settings)),
+        target=STALLED_TARGET,
+    )
+    for baseline in baselines:
+        add_ratio(
+            section,
+            case="broadcast-large",
+            param=_large(settings),
+            metric="deliveries_per_s",
+            baseline=baseline,
+        )
+    for baseline in baselines:
+        add_ratio(
+            section, case="broadcast-stalled", param=stalled, metric="deliveries_per_s", baseline=baseline
+        )
+    mine = section.find("broadcast-stalled", stalled, "rtkit")
+    if mine is not None and "server_rss_growth_mib" in mine.metrics:
+        mine.checks["memory_bounded"] = mine.metrics["server_rss_growth_mib"] <= STALLED_RSS_BOUND_MIB
+    for n in settings.idle_connections:
+        for baseline in baselines:
+            add_ratio(
+                section,
+                case="idle",
+                param=f"{n} connections",
+                metric="server_kib_per_connection",
+                baseline=baseline,
+            )

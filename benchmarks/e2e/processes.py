@@ -1,0 +1,129 @@
+"""Starting the server and load-client processes, and getting their answers back."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+
+from benchmarks.e2e.loadgen import LoadResult, LoadSpec
+
+__all__ = ["BenchProcessError", "ServerProcess", "run_client"]
+
+# The directory that holds the ``benchmarks`` package: child processes import it from there.
+_ROOT = Path(__file__).absolute().parents[2]
+_START_TIMEOUT = 30.0
+
+
+class BenchProcessError(RuntimeError):
+    """A server or client process failed; the message carries the end of its stderr."""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ServerProcess:
+    """One contender's app on uvicorn in a child process (a context manager).
+
+    Args:
+        app: the contender's name (see ``benchmarks.e2e.apps``).
+        cpu: the core to pin it to, or None.
+        extra: more command-line arguments for ``benchmarks.e2e.server``.
+    """
+
+    def __init__(self, app: str, *, cpu: int | None, extra: list[str] | None = None) -> None:
+        self.app = app
+        self.args = [sys.executable, "-m", "benchmarks.e2e.server", "--app", app]
+        if cpu is not None:
+            self.args += ["--cpu", str(cpu)]
+        self.args += extra or []
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = Path(tempfile.mkstemp(prefix=f"rtkit-bench-{app}-", suffix=".log")[1])
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BenchProcessError("the server is not running")
+        return self._proc.pid
+
+    def start(self) -> ServerProcess:
+        """Start the process; returns once it accepts connections."""
+        with self._log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                self.args, stdout=subprocess.PIPE, stderr=log, cwd=_ROOT, env=_env()
+            )
+        stdout = self._proc.stdout
+        if stdout is None:  # pragma: no cover - stdout is a pipe
+            raise BenchProcessError("no stdout pipe")
+        deadline = time.monotonic() + _START_TIMEOUT
+        line = b""
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            ready, _, _ = select.select([stdout], [], [], 0.1)
+            if ready:
+                line = stdout.readline()
+                if line.startswith(b"PORT "):
+                    self.port = int(line.split()[1])
+                    return self
+        code = self._proc.poll()
+        errors = _tail(self._log)  # read before stop() removes the log
+        self.stop()
+        state = "timed out" if code is None else f"exited with {code}"
+        raise BenchProcessError(f"server {self.app!r} did not start ({state}):\n{errors}")
+
+    def stop(self) -> None:
+        """Terminate the process (killed if it lingers: a stalled socket can hold a shutdown)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._log.unlink(missing_ok=True)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def run_client(spec: LoadSpec) -> LoadResult:
+    """Run the load client with ``spec`` in its own process and return what it measured."""
+    args = [sys.executable, "-m", "benchmarks.e2e.loadgen", msgspec.json.encode(spec).decode()]
+    try:
+        done = subprocess.run(args, capture_output=True, cwd=_ROOT, env=_env(), timeout=spec.timeout + 30)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchProcessError(f"the load client ({spec.scenario}) overran its time limit") from exc
+    if done.returncode != 0:
+        stderr = "\n".join(done.stderr.decode(errors="replace").splitlines()[-8:])
+        raise BenchProcessError(f"the load client ({spec.scenario}) failed:\n{stderr}")
+    return msgspec.json.decode(done.stdout.strip().splitlines()[-1], type=LoadResult)

@@ -1,0 +1,150 @@
+"""A smoke run of every benchmark at tiny sizes: the results have the expected structure.
+
+Timings are never asserted (they belong to the machine); only that each benchmark ran, measured
+each contender, and wrote the JSON, markdown and SVG that ``make bench`` promises.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from starlette.testclient import TestClient
+
+from benchmarks import codec, hub_fanout
+from benchmarks.__main__ import BENCHMARKS, main
+from benchmarks._results import Report, Section
+from benchmarks.e2e.apps import APPS, build
+from benchmarks.settings import PROFILES
+
+SMOKE = PROFILES["smoke"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("bench")
+    assert main(["--profile", "smoke", "--no-pin", "--out", str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture(scope="module")
+def report(out: Path) -> Report:
+    return msgspec.json.decode((out / "results.json").read_bytes(), type=Report)
+
+
+def _section(report: Report, name: str) -> Section:
+    return next(s for s in report.sections if s.name == name)
+
+
+def _keys(section: Section) -> set[tuple[str, str, str]]:
+    return {(m.case, m.param, m.contender) for m in section.measurements}
+
+
+def test_every_benchmark_reported(report: Report) -> None:
+    assert [s.name for s in report.sections] == list(BENCHMARKS)
+    assert report.flags["profile"] == "smoke"
+    assert report.environment["packages"]["msgspec"]
+    assert report.environment["machine"]["cpu_count"] >= 1
+
+
+def test_codec(report: Report) -> None:
+    section = _section(report, "codec")
+    expected = {
+        (case, name, contender)
+        for case in ("decode", "encode")
+        for name in codec.SAMPLES
+        for contender in codec.CONTENDERS
+    }
+    assert _keys(section) == expected
+    targets = [r for r in section.ratios if r.target is not None]
+    assert {r.param for r in targets} == set(codec.INBOUND)
+    assert all(r.baseline == "pydantic" and isinstance(r.met, bool) for r in targets)
+
+
+def test_hub(report: Report) -> None:
+    section = _section(report, "hub")
+    for n in SMOKE.hub_sizes:
+        for contender in hub_fanout.CONTENDERS:
+            healthy = section.find("fanout", f"{n} subscribers", contender)
+            stalled = section.find("fanout-stalled", f"{n} subscribers", contender)
+            assert healthy is not None
+            assert stalled is not None
+            assert {"deliveries_per_s", "alloc_bytes_per_delivery"} <= healthy.metrics.keys()
+            assert "stalled_backlog" in stalled.metrics
+    assert any(r.target == 0.8 for r in section.ratios)
+
+
+def test_e2e(report: Report) -> None:
+    section = _section(report, "e2e")
+    assert section.notes == []  # a failed server or client run leaves a note
+    for contender in SMOKE.e2e_contenders:
+        echo = section.find("echo", f"{SMOKE.echo_connections[0]} connections", contender)
+        assert echo is not None
+        assert {"replies_per_s", "rtt_p50_us", "rtt_p99_us"} <= echo.metrics.keys()
+        broadcast = section.find("broadcast", f"{SMOKE.broadcast_members[0]} members", contender)
+        assert broadcast is not None
+        assert broadcast.checks == {"exact_delivery": True}
+        idle = section.find("idle", f"{SMOKE.idle_connections[0]} connections", contender)
+        assert idle is not None
+        assert "server_kib_per_connection" in idle.metrics
+        text = SMOKE.stalled_text_bytes
+        large = section.find(
+            "broadcast-large", f"{SMOKE.stalled_members} members, {text}-byte text", contender
+        )
+        assert large is not None
+        assert large.checks == {"exact_delivery": True}
+        param = f"{SMOKE.stalled_members} members (1 stalled), {text}-byte text"
+        stalled = section.find("broadcast-stalled", param, contender)
+        assert stalled is not None
+        assert "server_rss_peak_mib" in stalled.metrics
+    targets = {(r.case, r.baseline, r.target) for r in section.ratios if r.target is not None}
+    assert ("echo", "raw-asgi", 0.9) in targets
+    assert ("broadcast", "raw-asgi", 0.85) in targets
+    assert any(case == "broadcast-stalled" and target == 0.8 for case, _, target in targets)
+
+
+def test_redis(report: Report) -> None:
+    section = _section(report, "redis")
+    if section.skipped is not None:
+        assert "redis" in section.skipped
+    else:
+        assert {m.contender for m in section.measurements} == {"rtkit-memory", "rtkit-redis"}
+
+
+def test_markdown_and_chart(out: Path, report: Report) -> None:
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert markdown.startswith("# rtkit benchmark results")
+    assert "## Targets" in markdown
+    for section in report.sections:
+        assert f"## {section.title}" in markdown
+    chart = ET.parse(out / "ratios.svg").getroot()
+    assert chart.tag == "{http://www.w3.org/2000/svg}svg"
+    assert len(chart.findall("{http://www.w3.org/2000/svg}rect")) > 1
+
+
+def _next_message(ws: Any) -> dict[str, Any]:
+    while True:  # rtkit sends welcome/joined frames first
+        frame: dict[str, Any] = ws.receive_json()
+        if frame["type"] == "message":
+            return frame
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_apps_serve_the_same_protocol(name: str) -> None:
+    with TestClient(build(name)) as client:
+        with client.websocket_connect("/ws/echo") as ws:
+            ws.send_text('{"type":"say","text":"hi"}')
+            assert ws.receive_text() == '{"type":"say","text":"hi"}'
+        with (
+            client.websocket_connect("/ws/chat/r?name=a") as a,
+            client.websocket_connect("/ws/chat/r?name=b") as b,
+        ):
+            if name == "rtkit":
+                assert b.receive_json()["type"] == "welcome"  # b is subscribed before a speaks
+            a.send_text('{"type":"say","text":"m1"}')
+            for ws in (a, b):
+                frame = _next_message(ws)
+                assert (frame["room"], frame["user"], frame["text"]) == ("r", "a", "m1")
