@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from starlette.routing import BaseRoute, Router, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Router, WebSocketRoute
 
 from rtkit._types import Receive, Scope, Send
 from rtkit.auth import Authenticator
@@ -114,7 +114,19 @@ class RealtimeRouter:
     # -- as an application ------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve the routes; as the top-level app it also runs the hub's lifespan."""
+        """Serve the routes; as the top-level app it also runs the hub's lifespan.
+
+        A matching WebSocket goes straight to its endpoint rather than through a Starlette
+        ``Router`` and route: every frame of a connection resumes the whole stack of
+        coroutines above the endpoint, so each level left out is saved on every message.
+        """
+        if scope["type"] == "websocket":
+            for route in self._routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL and isinstance(route, WebSocketRoute):
+                    scope.update(child_scope)
+                    await route.app(scope, receive, send)
+                    return
         if self._app is None:
             self._app = Router(routes=self._routes, lifespan=self.lifespan)
         await self._app(scope, receive, send)
