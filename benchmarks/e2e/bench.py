@@ -111,6 +111,31 @@ def _spec(settings: Settings, server: ServerProcess, pin: bool, **fields: object
     return LoadSpec(**base)  # type: ignore[arg-type]  # fields are checked by LoadSpec itself
 
 
+def _broadcast_spec(
+    settings: Settings,
+    server: ServerProcess,
+    pin: bool,
+    members: int,
+    *,
+    welcome: bool,
+    room: str,
+    **fields: object,
+) -> LoadSpec:
+    """A room broadcast of ``members``, with an in-flight window that shrinks as rooms grow."""
+    window = max(2, 1000 // members)
+    return _spec(
+        settings,
+        server,
+        pin,
+        scenario="broadcast",
+        connections=members,
+        window=window,
+        wait_welcome=welcome,
+        room=room,
+        **fields,
+    )
+
+
 def _large(settings: Settings) -> str:
     return f"{settings.stalled_members} members, {settings.stalled_text_bytes}-byte text"
 
@@ -128,28 +153,11 @@ def _one_contender(settings: Settings, app: str, repeat: int, pin: bool, out: Co
             spec = _spec(settings, server, pin, scenario="echo", connections=n)
             out.record(("echo", f"{n} connections", app), functools.partial(run_client, spec))
         for n in settings.broadcast_members:
-            spec = _spec(
-                settings,
-                server,
-                pin,
-                scenario="broadcast",
-                connections=n,
-                window=max(2, 1000 // n),
-                wait_welcome=welcome,
-                room=f"b{n}-r{repeat}",
-            )
+            spec = _broadcast_spec(settings, server, pin, n, welcome=welcome, room=f"b{n}-r{repeat}")
             out.record(("broadcast", f"{n} members", app), functools.partial(run_client, spec))
         members, text = settings.stalled_members, settings.stalled_text_bytes
-        spec = _spec(
-            settings,
-            server,
-            pin,
-            scenario="broadcast",
-            connections=members,
-            window=max(2, 1000 // members),
-            wait_welcome=welcome,
-            room=f"h{members}-r{repeat}",
-            text_bytes=text,
+        spec = _broadcast_spec(
+            settings, server, pin, members, welcome=welcome, room=f"h{members}-r{repeat}", text_bytes=text
         )
         out.record(("broadcast-large", _large(settings), app), functools.partial(run_client, spec))
         for n in settings.idle_connections:
@@ -161,16 +169,14 @@ def _one_contender(settings: Settings, app: str, repeat: int, pin: bool, out: Co
         if settings.fresh_servers:
             server.stop()
             server = ServerProcess(app, cpu=cpu).start()
-        spec = _spec(
+        spec = _broadcast_spec(
             settings,
             server,
             pin,
-            scenario="broadcast",
-            connections=members,
-            stalled=1,
-            window=max(2, 1000 // members),
-            wait_welcome=welcome,
+            members,
+            welcome=welcome,
             room=f"s{members}-r{repeat}",
+            stalled=1,
             text_bytes=text,
             prefill_bytes=settings.stalled_prefill_bytes,
         )
