@@ -5,13 +5,22 @@ than a direct send. Here an offer is a deque append, the writer is woken only wh
 and one wake-up drains everything queued meanwhile. On asyncio the writer parks on a bare
 future of the loop (an ``anyio.Event`` costs several times more to make, and one is needed per
 wake-up); on trio it parks on an ``anyio.Event``.
+
+The eager send (asyncio): a frame offered while the writer sleeps with nothing queued is sent
+at once by the caller, without waking the writer. An ASGI ``send`` on a socket that can take
+the bytes completes without suspending, so a broadcast costs one call per member, as a plain
+``for member in room: await member.send(...)`` loop does, but never waits on a member: a send
+that would wait (the peer stopped reading) is handed, half run, to that socket's writer task,
+and everything offered after it queues behind it under the outbox's bounds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Literal, TypeAlias
 
 import anyio
@@ -31,6 +40,43 @@ OverflowPolicy: TypeAlias = Literal["disconnect", "drop_oldest", "drop_newest"]
 
 SLOW_CONSUMER_CLOSE = 1013
 
+_SENT = object()
+
+
+@types.coroutine
+def _sender() -> Generator[Any, Any, None]:
+    """Runs each send coroutine handed to it to its end, then yields ``_SENT``.
+
+    Stepping a coroutine by hand (``coro.send``) ends in a StopIteration, which costs more than
+    the send itself on a fast path taken once per member per message; ``yield from`` inside
+    this long-lived driver finishes it without one.
+    """
+    coro = yield _SENT
+    while True:
+        yield from coro
+        coro = yield _SENT
+
+
+@types.coroutine
+def _resume(
+    driver: Generator[Any, Any, None], waiting: Any, context: contextvars.Context
+) -> Generator[Any, Any, None]:
+    """Carry on, as if awaited, a send the driver started and that had to wait.
+
+    ``waiting`` is what the send yielded (a future of the loop, or None for a bare yield);
+    the awaiting task waits on it, and each further step runs in the connection's context.
+    Cancelling the awaiting task throws into the send, as awaiting it directly would.
+    """
+    while True:
+        try:
+            value = yield waiting
+        except BaseException as exc:  # cancellation, or this generator being closed
+            waiting = context.run(driver.throw, exc)
+        else:
+            waiting = context.run(driver.send, value)
+        if waiting is _SENT:
+            return
+
 
 class Outbox:
     """Frames waiting for one socket, bounded in count and bytes.
@@ -41,12 +87,21 @@ class Outbox:
         policy: what to do when one more frame does not fit.
         metrics: where frames sent and dropped are counted.
         on_overflow: called once when the ``disconnect`` policy gives up on the socket.
+        eager: allow the eager send (asyncio only). Turn it off for an ASGI server whose
+            ``send`` ties itself to the task that calls it (an ``asyncio.timeout`` inside it,
+            say): an eager send starts in the task that offers the frame. uvicorn's does not.
     """
 
     __slots__ = (
         "_bytes",
         "_close",
+        "_context",
+        "_driver",
+        "_eager",
+        "_eager_send",
+        "_failure",
         "_flushing",
+        "_in_flight",
         "_wake_pending",
         "_wakeup",
         "closing",
@@ -68,6 +123,7 @@ class Outbox:
         policy: OverflowPolicy,
         metrics: Metrics | None = None,
         on_overflow: Callable[[], None] | None = None,
+        eager: bool = True,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_overflow = on_overflow
@@ -87,6 +143,14 @@ class Outbox:
         self._wakeup: asyncio.Future[None] | anyio.Event | None = None
         self._flushing = False
         self._wake_pending = False
+        # Set while the writer runs on asyncio: the send the eager path calls, and the context
+        # it calls it in (the writer's, so a middleware wrapping ``send`` sees this connection).
+        self._eager = eager
+        self._eager_send: Send | None = None
+        self._context: contextvars.Context | None = None
+        self._driver: Generator[Any, Any, None] | None = None
+        self._in_flight: tuple[Generator[Any, Any, None], Any, int] | None = None
+        self._failure: Exception | None = None
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -105,10 +169,21 @@ class Outbox:
         Returns:
             True if queued; False if refused (closing, or the overflow policy dropped it).
         """
+        queue = self.queue
+        if (
+            not queue
+            and self._wakeup is not None
+            and wake
+            and self._eager_send is not None
+            and not self._flushing
+            and not self.closing
+            and size <= self.max_bytes
+        ):
+            # The writer sleeps and nothing is queued, so no frame is ahead of this one.
+            return self._send_now(self._eager_send, event, size)
         if self.closing:
             self._drop(1)
             return False
-        queue = self.queue
         full = len(queue) >= self.max_messages or self._bytes + size > self.max_bytes
         if full and not self._make_room(size):
             return False
@@ -116,6 +191,30 @@ class Outbox:
         self._bytes += size
         if wake and self._wakeup is not None:
             self._wake()
+        return True
+
+    def _send_now(self, send: Send, event: dict[str, Any], size: int) -> bool:
+        """The eager send, from the caller's task; what cannot finish now goes to the writer."""
+        driver = self._driver
+        if driver is None:
+            driver = self._driver = _sender()
+            driver.send(None)
+        try:
+            waiting = self._context.run(driver.send, send(event))  # type: ignore[union-attr]
+        except Exception as exc:  # the peer is gone: the writer reports it, in its own task
+            self._driver = None
+            self._failure = exc
+            self._wake()
+            return False
+        if waiting is _SENT:
+            self.metrics.messages_out += 1
+            return True
+        # The socket cannot take it now (its peer reads slowly): the writer finishes this send
+        # before anything else, and the frame counts against the bounds until then.
+        self._driver = None
+        self._in_flight = (driver, waiting, size)
+        self._bytes += size
+        self._wake()
         return True
 
     def put_front(self, event: dict[str, Any], size: int) -> bool:
@@ -209,13 +308,39 @@ class Outbox:
         Returns:
             The close code and reason that were sent.
         """
-        queue = self.queue
-        metrics = self.metrics
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # trio
             loop = None
+        if loop is not None and self._eager:
+            self._context = contextvars.copy_context()
+            self._eager_send = send
+        try:
+            return await self._drain(send, loop)
+        finally:
+            self._eager_send = None
+            in_flight, self._in_flight = self._in_flight, None
+            if in_flight is not None:
+                in_flight[0].close()
+            if self._driver is not None:
+                self._driver.close()
+                self._driver = None
+
+    async def _drain(self, send: Send, loop: asyncio.AbstractEventLoop | None) -> tuple[int, str]:
+        queue = self.queue
+        metrics = self.metrics
         while True:
+            if self._failure is not None:
+                raise self._failure
+            in_flight = self._in_flight
+            if in_flight is not None:
+                driver, waiting, size = in_flight
+                assert self._context is not None
+                await _resume(driver, waiting, self._context)
+                self._in_flight = None
+                self._driver = driver  # idle again, ready for the next eager send
+                self._bytes -= size
+                metrics.messages_out += 1
             while queue:
                 event, size = queue.popleft()
                 self._bytes -= size

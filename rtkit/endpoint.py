@@ -121,6 +121,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
     """The connection's limits; a route may override them (``router.add(..., limits=...)``)."""
     authenticator: Authenticator | None = None
     """Turns the handshake into ``self.principal``; None lets everyone in as ``principal=None``."""
+    eager_send: ClassVar[bool] = True
+    """On asyncio, a frame offered while the socket's writer is idle is sent at once by the
+    offering task (a broadcast then costs one call per member, no task switch); a send that
+    has to wait is finished by the writer. Turn it off for an ASGI server whose ``send`` ties
+    itself to the calling task (uvicorn's does not)."""
 
     _codec: ClassVar[Codec | None] = None
     _routes: ClassVar[dict[type[Any], Handler]] = {}
@@ -187,6 +192,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
             policy=limits.overflow,
             metrics=self.metrics,
             on_overflow=self._on_overflow,
+            eager=self.eager_send,
         )
         """Frames waiting for this socket."""
         self._bucket = TokenBucket(limits.rate, limits.burst) if limits.rate is not None else None

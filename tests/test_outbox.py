@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import anyio
@@ -182,3 +183,159 @@ async def test_a_socket_closed_under_an_inline_flush_reads_as_a_reset() -> None:
         with pytest.raises(ConnectionResetError):
             await outbox.flush(refusing)
         tg.cancel_scope.cancel()
+
+
+# -- the eager send ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_frame_offered_to_a_sleeping_writer_goes_out_at_once_on_asyncio(anyio_backend: str) -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outbox.drain, send)
+        await anyio.wait_all_tasks_blocked()
+        assert outbox.put(event(1), 1)
+        if anyio_backend == "asyncio":
+            # Sent inside put, by this task: the writer was never woken.
+            assert [m["text"] for m in sent] == ["1"]
+            assert len(outbox) == 0
+            assert outbox.metrics.messages_out == 1
+        else:  # trio has no eager path: the writer sends it
+            assert sent == []
+            assert texts(outbox) == ["1"]
+        outbox.put(event(2), 1)
+        await anyio.wait_all_tasks_blocked()
+        assert [m["text"] for m in sent] == ["1", "2"]
+        outbox.close(1000)
+    assert outbox.metrics.messages_out == 2
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_send_that_must_wait_is_finished_by_the_writer_ahead_of_later_frames() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[str] = []
+    gate = anyio.Event()
+
+    async def send(message: Message) -> None:
+        if message.get("text") == "1":
+            await gate.wait()  # a peer that reads slowly
+        sent.append(message.get("text") or message["type"])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outbox.drain, send)
+        await anyio.wait_all_tasks_blocked()
+        assert outbox.put(event(1), 10)  # starts, cannot finish: handed to the writer
+        assert sent == []
+        assert outbox.queued_bytes == 10  # still charged against the bounds
+        assert outbox.put(event(2), 10)  # queues behind it
+        assert texts(outbox) == ["2"]
+        await anyio.wait_all_tasks_blocked()
+        assert sent == []  # the writer waits on the same send
+        gate.set()
+        await anyio.wait_all_tasks_blocked()
+        assert sent == ["1", "2"]
+        assert outbox.queued_bytes == 0
+        assert outbox.put(event(3), 10)  # the writer sleeps again: eager once more
+        assert sent == ["1", "2", "3"]
+        outbox.close(1000)
+    assert sent[-1] == "websocket.close"
+    assert outbox.metrics.messages_out == 3
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_waiting_send_is_cancelled_with_its_writer() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    cleaned: list[str] = []
+    never = anyio.Event()
+
+    async def send(message: Message) -> None:
+        try:
+            await never.wait()
+        finally:
+            cleaned.append(message["text"])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outbox.drain, send)
+        await anyio.wait_all_tasks_blocked()
+        outbox.put(event(1), 1)
+        await anyio.wait_all_tasks_blocked()
+        assert cleaned == []
+        tg.cancel_scope.cancel()  # what a close deadline does to a stalled peer's writer
+    assert cleaned == ["1"]
+    assert outbox.metrics.messages_out == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_failed_eager_send_ends_the_writer_not_the_caller() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    outcome: list[BaseException] = []
+
+    async def send(message: Message) -> None:
+        raise ConnectionResetError("the peer is gone")
+
+    async def write() -> None:
+        try:
+            await outbox.drain(send)
+        except ConnectionResetError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write)
+        await anyio.wait_all_tasks_blocked()
+        assert not outbox.put(event(1), 1)  # not delivered; the caller carries on
+        with anyio.fail_after(5):
+            while not outcome:
+                await anyio.wait_all_tasks_blocked()
+    assert isinstance(outcome[0], ConnectionResetError)
+    assert outbox.put(event(2), 1)  # no writer any more: it waits in the queue, unsent
+    assert texts(outbox) == ["2"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_an_eager_send_runs_in_the_connection_context_not_the_callers() -> None:
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    seen: list[str] = []
+
+    async def send(message: Message) -> None:
+        seen.append(who.get())
+
+    async def write() -> None:
+        who.set("connection")
+        await outbox.drain(send)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write)
+        await anyio.wait_all_tasks_blocked()
+        who.set("publisher")
+        outbox.put(event(1), 1)
+        assert seen == ["connection"]
+        outbox.close(1000)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_eager_off_leaves_every_send_to_the_writer() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect", eager=False)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outbox.drain, send)
+        await anyio.wait_all_tasks_blocked()
+        outbox.put(event(1), 1)
+        assert sent == []
+        await anyio.wait_all_tasks_blocked()
+        assert [m["text"] for m in sent] == ["1"]
+        outbox.close(1000)
