@@ -136,8 +136,10 @@ def _next_message(ws: Any) -> dict[str, Any]:
 def test_apps_serve_the_same_protocol(name: str) -> None:
     with TestClient(build(name)) as client:
         with client.websocket_connect("/ws/echo") as ws:
-            ws.send_text('{"type":"say","text":"hi"}')
-            assert ws.receive_text() == '{"type":"say","text":"hi"}'
+            ws.send_text('{"type":"say","text":"hi","ref":7}')
+            assert ws.receive_json() == {"type": "say", "text": "hi", "ref": 7}
+            ws.send_text('{"type":"say","text":"no ref"}')
+            assert ws.receive_json() == {"type": "say", "text": "no ref"}
         with (
             client.websocket_connect("/ws/chat/r?name=a") as a,
             client.websocket_connect("/ws/chat/r?name=b") as b,

@@ -1,14 +1,20 @@
 """The applications the end-to-end benchmarks serve: rtkit and three baselines.
 
-Each serves ``/ws/echo`` (every frame back as it came) and ``/ws/chat/{room}`` (a ``say``
-frame, ``{"type":"say","text":...}``, becomes a ``message`` frame, ``{"type":"message",
-"room":...,"user":...,"text":...,"ts":...}``, sent to every member of the room, the sender too):
+Each serves ``/ws/echo`` and ``/ws/chat/{room}``, with the same work done each app's own way:
 
-- ``rtkit``: ``EchoEndpoint`` and ``ChatEndpoint`` on a ``RealtimeRouter`` mounted in Starlette
-  (as the demo app does), memory hub;
+- echo: a ``say`` frame, ``{"type":"say","text":...,"ref":...}``, is decoded and checked (a
+  string ``text``, an optional integer ``ref``) and sent back, encoded again;
+- chat: a ``say`` frame becomes a ``message`` frame, ``{"type":"message","room":...,"user":...,
+  "text":...,"ts":...}``, sent to every member of the room, the sender too.
+
+The contenders:
+
+- ``rtkit``: a typed echo endpoint as users write one (``inbound = Say``, ``on_say`` sends the
+  message back) and ``ChatEndpoint``, on a ``RealtimeRouter`` mounted in Starlette (as the demo
+  app does), memory hub;
 - ``raw-asgi``: a framework-free ASGI app, the floor of the stack: msgspec decode, encode once,
   one shared event dict sent to each member in turn;
-- ``starlette``: a ``WebSocketEndpoint`` with stdlib ``json`` and a global set of sockets;
+- ``starlette``: ``WebSocketEndpoint`` classes with stdlib ``json`` and a global set of sockets;
 - ``fastapi-tutorial``: FastAPI's documented ``ConnectionManager`` with pydantic models and the
   ``for connection in ...: await connection.send_text(...)`` loop.
 
@@ -30,15 +36,18 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from rtkit._types import ASGIApp, Receive, Scope, Send
+from rtkit.endpoint import RealtimeEndpoint
+from rtkit.messages import Say
 
-__all__ = ["APPS", "build", "rtkit_app"]
+__all__ = ["APPS", "TypedEcho", "build", "rtkit_app"]
 
 
 # -- raw ASGI ---------------------------------------------------------------------------------
 
 
-class _RawSay(msgspec.Struct, tag_field="type", tag="say"):
+class _RawSay(msgspec.Struct, tag_field="type", tag="say", omit_defaults=True):
     text: str
+    ref: int | None = None
 
 
 class _RawMessage(msgspec.Struct, tag_field="type", tag="message"):
@@ -57,11 +66,8 @@ def _raw_asgi() -> ASGIApp:
         while True:
             message = await receive()
             if message["type"] == "websocket.receive":
-                text = message.get("text")
-                if text is not None:
-                    await send({"type": "websocket.send", "text": text})
-                else:
-                    await send({"type": "websocket.send", "bytes": message["bytes"]})
+                say = decode(message["text"])
+                await send({"type": "websocket.send", "text": encode(say).decode()})
             elif message["type"] == "websocket.disconnect":
                 return
 
@@ -119,7 +125,13 @@ def _starlette() -> ASGIApp:
         encoding = "text"
 
         async def on_receive(self, websocket: WebSocket, data: Any) -> None:
-            await websocket.send_text(data)
+            say = json.loads(data)
+            ref = say.get("ref")
+            if say.get("type") != "say" or not isinstance(say.get("text"), str):
+                raise ValueError("not a say frame")
+            if ref is not None and not isinstance(ref, int):
+                raise ValueError("ref must be an integer")
+            await websocket.send_text(json.dumps(say, separators=(",", ":")))
 
     class Chat(WebSocketEndpoint):
         encoding = "text"
@@ -160,6 +172,7 @@ def _fastapi_tutorial() -> ASGIApp:
     class Say(pydantic.BaseModel):
         type: Literal["say"]
         text: str
+        ref: int | None = None
 
     class ChatMessage(pydantic.BaseModel):
         type: Literal["message"] = "message"
@@ -191,8 +204,8 @@ def _fastapi_tutorial() -> ASGIApp:
         await websocket.accept()
         try:
             while True:
-                data = await websocket.receive_text()
-                await websocket.send_text(data)
+                say = Say.model_validate_json(await websocket.receive_text())
+                await websocket.send_text(say.model_dump_json(exclude_none=True))
         except WebSocketDisconnect:
             pass
 
@@ -213,8 +226,18 @@ def _fastapi_tutorial() -> ASGIApp:
 # -- rtkit ------------------------------------------------------------------------------------
 
 
+class TypedEcho(RealtimeEndpoint):
+    """A typed echo as a user writes it: ``say`` frames, validated, sent back."""
+
+    inbound = Say
+
+    async def on_say(self, websocket: WebSocket, message: Say) -> None:
+        """Send the message back to its sender."""
+        await self.send_message(message)
+
+
 def rtkit_app(hub: Any = None) -> ASGIApp:
-    """rtkit's ``EchoEndpoint`` and ``ChatEndpoint`` on a ``RealtimeRouter``, mounted as users do.
+    """rtkit's typed echo and ``ChatEndpoint`` on a ``RealtimeRouter``, mounted as users do.
 
     The limits are rtkit's defaults except the per-connection rate limit and the connection cap:
     they guard a public server against abusive peers (50 frames/s per socket by default), a
@@ -225,12 +248,12 @@ def rtkit_app(hub: Any = None) -> ASGIApp:
     """
     from starlette.routing import Mount
 
-    from rtkit import ChatEndpoint, EchoEndpoint, RealtimeRouter
+    from rtkit import ChatEndpoint, RealtimeRouter
     from rtkit.limits import Limits
 
     limits = Limits(rate=None, max_connections=None)
     router = RealtimeRouter(hub=hub)
-    router.add("/echo", EchoEndpoint, name="echo", limits=limits)
+    router.add("/echo", TypedEcho, name="echo", limits=limits)
     router.add("/chat/{room}", ChatEndpoint, name="chat", limits=limits)
     return Starlette(routes=[Mount("/ws", app=router)], lifespan=router.lifespan)
 
