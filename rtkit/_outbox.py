@@ -101,7 +101,9 @@ class Outbox:
         "_eager_send",
         "_failure",
         "_flushing",
+        "_idle",
         "_in_flight",
+        "_start_writer",
         "_wake_pending",
         "_wakeup",
         "closing",
@@ -146,6 +148,9 @@ class Outbox:
         # Set while the writer runs on asyncio: the send the eager path calls, and the context
         # it calls it in (the writer's, so a middleware wrapping ``send`` sees this connection).
         self._eager = eager
+        # True while no writer runs or is due to run: attached and not started yet, or parked.
+        self._idle = False
+        self._start_writer: Callable[[], object] | None = None
         self._eager_send: Send | None = None
         self._context: contextvars.Context | None = None
         self._driver: Generator[Any, Any, None] | None = None
@@ -154,6 +159,37 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self.queue)
+
+    def attach(self, send: Send, start_writer: Callable[[], object]) -> None:
+        """Get ready to send on a connection that is open, from that connection's task.
+
+        The writer task is started, by calling ``start_writer`` (which must run ``drain``),
+        only when one is first needed: a connection whose frames all go out eagerly never
+        holds one. On asyncio this turns the eager send on, in a copy of the caller's context.
+        """
+        self._start_writer = start_writer
+        self._idle = True
+        if self._eager and self._eager_send is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # trio: no eager send
+                pass
+            else:
+                self._context = contextvars.copy_context()
+                self._eager_send = send
+        if self.queue or self._close is not None:
+            self._wake()
+
+    def detach(self) -> None:
+        """The connection is over: send nothing more, and start no writer."""
+        self._eager_send = None
+        self._start_writer = None
+        self._idle = False
+
+    @property
+    def eager_active(self) -> bool:
+        """Whether a frame offered while the writer sleeps is sent at once (see the module doc)."""
+        return self._eager_send is not None
 
     @property
     def queued_bytes(self) -> int:
@@ -172,7 +208,7 @@ class Outbox:
         queue = self.queue
         if (
             not queue
-            and self._wakeup is not None
+            and self._idle
             and wake
             and self._eager_send is not None
             and not self._flushing
@@ -189,7 +225,7 @@ class Outbox:
             return False
         queue.append((event, size))
         self._bytes += size
-        if wake and self._wakeup is not None:
+        if wake and self._idle:
             self._wake()
         return True
 
@@ -269,10 +305,14 @@ class Outbox:
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
+            self._idle = False
             if isinstance(wakeup, anyio.Event):
                 wakeup.set()
             elif not wakeup.done():  # a cancelled writer leaves a cancelled future behind
                 wakeup.set_result(None)
+        elif self._idle and self._start_writer is not None:  # the first time a writer is needed
+            self._idle = False
+            self._start_writer()
 
     async def flush(self, send: Send) -> None:
         """Send what waits now, from the caller's task when the writer is asleep.
@@ -282,7 +322,7 @@ class Outbox:
         so frames never go out from two tasks at once. A failed send means the peer is gone.
         """
         queue = self.queue
-        if not queue or self._wakeup is None or self._close is not None or self._flushing:
+        if not queue or not self._idle or self._close is not None or self._flushing:
             if queue or self._close is not None:
                 self._wake()
             return
@@ -312,13 +352,14 @@ class Outbox:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # trio
             loop = None
-        if loop is not None and self._eager:
+        self._idle = False
+        if loop is not None and self._eager and self._eager_send is None:
             self._context = contextvars.copy_context()
             self._eager_send = send
         try:
             return await self._drain(send, loop)
         finally:
-            self._eager_send = None
+            self.detach()
             in_flight, self._in_flight = self._in_flight, None
             if in_flight is not None:
                 in_flight[0].close()
@@ -353,7 +394,9 @@ class Outbox:
             if loop is not None:
                 future: asyncio.Future[None] = loop.create_future()
                 self._wakeup = future
+                self._idle = True
                 await future
             else:
                 event_ = self._wakeup = anyio.Event()
+                self._idle = True
                 await event_.wait()

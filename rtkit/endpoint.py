@@ -281,9 +281,13 @@ class RealtimeEndpoint(WebSocketEndpoint):
     async def send_message(self, message: Any) -> None:
         """Queue ``message`` (a Struct or any msgspec-encodable value) for this socket.
 
-        Returns at once: the writer task sends it, after everything queued before it.
+        Returns at once: it is sent after everything queued before it.
         """
-        self.send_frame(Frame(encode(message)))
+        payload = encode(message)
+        if self.wire == "json":  # the common case, without a Frame: a reply is hot
+            self._queue({"type": "websocket.send", "text": payload.decode()}, len(payload))
+        else:
+            self.send_frame(Frame(payload))
 
     def send_frame(self, frame: Frame) -> bool:
         """Queue an already encoded ``Frame``; False if the outbox refused it."""
@@ -296,9 +300,16 @@ class RealtimeEndpoint(WebSocketEndpoint):
         return self._queue(frame.event(self.wire), frame.size)
 
     def _queue(self, event: dict[str, Any], size: int) -> bool:
-        if self._handling_since is not None and self._task_of() is self._loop_task:
-            return self.outbox.put(event, size, wake=False)  # the loop flushes after the handler
-        return self.outbox.put(event, size)
+        outbox = self.outbox
+        # Without the eager send (trio), a reply queued by a handler in the receive loop does
+        # not wake the writer: the loop sends it itself right after the handler.
+        if (
+            self._handling_since is not None
+            and not outbox.eager_active
+            and self._task_of() is self._loop_task
+        ):
+            return outbox.put(event, size, wake=False)
+        return outbox.put(event, size)
 
     async def send_error(self, code: str, detail: str, *, ref: Ref = None) -> None:
         """Answer the peer with an error frame; the connection stays open."""
@@ -401,33 +412,46 @@ class RealtimeEndpoint(WebSocketEndpoint):
     # -- the connection's life --------------------------------------------------------------
 
     async def _serve(self, websocket: WebSocket) -> int:
-        fault: BaseException | None = None
-        close_code = 1006
+        outcome: list[int | Exception] = []
         async with anyio.create_task_group() as tg:
             self._task_group = tg
-            tg.start_soon(self._write, tg.cancel_scope)
+            # The writer task starts when first needed: frames a socket can take at once are
+            # sent by whoever offers them (the eager send), so most connections never need one.
+            self.outbox.attach(self.send, functools.partial(tg.start_soon, self._write, tg.cancel_scope))
             limits = self.limits
             if limits.idle_timeout or limits.heartbeat_interval:
                 self._start_watch()
             # Otherwise the watchdog only guards against stalled handlers: it starts with the
             # first handler, so a connection that never sends costs no task for it.
-            try:
-                close_code = await self._receive_loop(websocket)
-            except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
-                close_code = exc.code
-            except OSError:
-                close_code = 1006
-            except Exception as exc:  # the one boundary: a fault in user code
-                fault = exc
-            tg.cancel_scope.cancel()
+            # The receive loop runs in a task of its own. Every frame resumes the task that
+            # waits for it, through every coroutine on that task's stack: here that is the
+            # loop and the server's receive, not the whole app stack above this endpoint
+            # (the server's protocol, middleware, routers, mounts), which this task holds.
+            tg.start_soon(self._receive, websocket, outcome, tg.cancel_scope)
+        self.outbox.detach()
         self._task_group = None
-        if fault is not None:
-            return await self._fail("a handler", fault)
+        result = outcome[0] if outcome else 1006
+        if isinstance(result, Exception):
+            return await self._fail("a handler", result)
         if self._sent_close is not None:
             return self._sent_close
         if self._forced_close is not None:
             return self._forced_close
-        return close_code
+        return result
+
+    async def _receive(
+        self, websocket: WebSocket, outcome: list[int | Exception], scope: anyio.CancelScope
+    ) -> None:
+        try:
+            outcome.append(await self._receive_loop(websocket))
+        except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
+            outcome.append(exc.code)
+        except OSError:
+            outcome.append(1006)
+        except Exception as exc:  # the one boundary: a fault in user code
+            outcome.append(exc)
+        finally:
+            scope.cancel()
 
     async def _write(self, scope: anyio.CancelScope) -> None:
         try:

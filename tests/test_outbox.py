@@ -339,3 +339,87 @@ async def test_eager_off_leaves_every_send_to_the_writer() -> None:
         await anyio.wait_all_tasks_blocked()
         assert [m["text"] for m in sent] == ["1"]
         outbox.close(1000)
+
+
+# -- the writer starts when first needed --------------------------------------------------------
+
+
+class _Writers:
+    """A ``start_writer`` for ``Outbox.attach`` that starts ``drain`` and counts the starts."""
+
+    def __init__(self, tg: Any, outbox: Outbox, send: Any) -> None:
+        self.started = 0
+        self._tg, self._outbox, self._send = tg, outbox, send
+
+    def __call__(self) -> None:
+        self.started += 1
+        self._tg.start_soon(self._outbox.drain, self._send)
+
+
+@pytest.mark.anyio
+async def test_a_writer_starts_only_when_a_frame_cannot_go_out_at_once(anyio_backend: str) -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[str] = []
+    gate = anyio.Event()
+
+    async def send(message: Message) -> None:
+        if message.get("text") == "2":
+            await gate.wait()
+        sent.append(message.get("text") or message["type"])
+
+    async with anyio.create_task_group() as tg:
+        writers = _Writers(tg, outbox, send)
+        outbox.attach(send, writers)
+        outbox.put(event(1), 1)
+        await anyio.wait_all_tasks_blocked()
+        assert sent == ["1"]
+        # On asyncio the socket took it at once: no writer; trio has no eager send.
+        assert writers.started == (0 if anyio_backend == "asyncio" else 1)
+        outbox.put(event(2), 1)  # cannot finish now: a writer takes over
+        outbox.put(event(3), 1)
+        await anyio.wait_all_tasks_blocked()
+        assert writers.started == 1
+        gate.set()
+        await anyio.wait_all_tasks_blocked()
+        assert sent == ["1", "2", "3"]
+        outbox.close(1000)
+    assert sent[-1] == "websocket.close"
+    assert writers.started == 1  # the parked writer was woken, never started twice
+
+
+@pytest.mark.anyio
+async def test_frames_queued_before_attach_start_the_writer_at_attach() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[str] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message.get("text") or message["type"])
+
+    outbox.put(event(2), 1)
+    outbox.put_front(event(1), 1)  # a greeting queued while the connection was being set up
+    async with anyio.create_task_group() as tg:
+        writers = _Writers(tg, outbox, send)
+        outbox.attach(send, writers)
+        assert writers.started == 1
+        await anyio.wait_all_tasks_blocked()
+        assert sent == ["1", "2"]
+        outbox.close(1000)
+    assert sent == ["1", "2", "websocket.close"]
+
+
+@pytest.mark.anyio
+async def test_a_detached_outbox_sends_nothing_and_starts_no_writer() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+
+    async def send(message: Message) -> None:  # pragma: no cover - must not be called
+        raise AssertionError("sent after detach")
+
+    async with anyio.create_task_group() as tg:
+        writers = _Writers(tg, outbox, send)
+        outbox.attach(send, writers)
+        outbox.detach()
+        assert not outbox.eager_active
+        assert outbox.put(event(1), 1)  # kept, bounded, and never sent
+        outbox.close(1000)
+        assert writers.started == 0
+    assert texts(outbox) == ["1"]
