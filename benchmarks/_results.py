@@ -2,7 +2,9 @@
 
 Every figure is a *median over repeats* (the raw repeats are kept next to it), and every
 comparison is a ``Ratio`` between rtkit and a baseline measured in the same run: absolute
-figures say more about the machine than about rtkit, ratios travel.
+figures say more about the machine than about rtkit, ratios travel. Where both sides have a
+value for every repeat, a ratio is the median of the per-repeat ratios: each repeat measures
+the two close together in time, so a slow spell of a shared machine falls on both.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Ratio(msgspec.Struct, kw_only=True):
     baseline: str
     value: float | None
     """None when the baseline measured zero and rtkit did not: unboundedly better."""
+    per_repeat: list[float] = msgspec.field(default_factory=list)
+    """The ratio in each repeat, when ``value`` is their median (empty otherwise)."""
     target: float | None = None
     """The least acceptable ``value``, when the issue sets one."""
     met: bool | None = None
@@ -139,7 +143,10 @@ def add_ratio(
     lower = metric in section.lower_is_better
     num, den = (b, a) if lower else (a, b)
     value: float | None
-    if den == 0:
+    per_repeat = _paired(mine.samples.get(metric), theirs.samples.get(metric), lower)
+    if per_repeat:
+        value = median(per_repeat)
+    elif den == 0:
         if num <= 0:
             return None  # both zero: nothing to compare
         value = None
@@ -153,8 +160,19 @@ def add_ratio(
         contender=contender,
         baseline=label,
         value=value,
+        per_repeat=per_repeat,
         target=target,
         met=None if target is None else (value is None or value >= target),
     )
     section.ratios.append(ratio)
     return ratio
+
+
+def _paired(mine: list[float] | None, theirs: list[float] | None, lower: bool) -> list[float]:
+    """Per-repeat ratios when both series cover the same repeats with nonzero baselines."""
+    if not mine or not theirs or len(mine) != len(theirs):
+        return []
+    pairs = [(b, a) if lower else (a, b) for a, b in zip(mine, theirs, strict=True)]
+    if any(den <= 0 for _, den in pairs):
+        return []
+    return [num / den for num, den in pairs]

@@ -99,12 +99,20 @@ def _ratio_table(ratios: list[Ratio]) -> list[str]:
             r.metric,
             f"{r.contender} vs {r.baseline}",
             _ratio_text(r),
+            _spread(r),
             "" if r.target is None else f">= {r.target:g}x",
             _verdict(r),
         ]
         for r in ratios
     ]
-    return _table(["case", "param", "metric", "comparison", "ratio", "target", "status"], rows)
+    headers = ["case", "param", "metric", "comparison", "ratio", "repeats (min-max)", "target", "status"]
+    return _table(headers, rows)
+
+
+def _spread(ratio: Ratio) -> str:
+    if len(ratio.per_repeat) < 2:
+        return ""
+    return f"{min(ratio.per_repeat):.2f}-{max(ratio.per_repeat):.2f}"
 
 
 def _git_line(git: Any) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeAlias
 
 import anyio
 
-from rtkit._types import Send
+from rtkit._types import Message, Send
 from rtkit.metrics import Metrics
 
 __all__ = ["Outbox", "OverflowPolicy"]
@@ -41,6 +41,10 @@ OverflowPolicy: TypeAlias = Literal["disconnect", "drop_oldest", "drop_newest"]
 SLOW_CONSUMER_CLOSE = 1013
 
 _SENT = object()
+
+
+async def _no_send(message: Message) -> None:
+    raise RuntimeError("the outbox is not attached to a connection")  # pragma: no cover
 
 
 @types.coroutine
@@ -108,6 +112,7 @@ class Outbox:
         "_wakeup",
         "closing",
         "dropped",
+        "eager_active",
         "max_bytes",
         "max_messages",
         "metrics",
@@ -151,8 +156,10 @@ class Outbox:
         # True while no writer runs or is due to run: attached and not started yet, or parked.
         self._idle = False
         self._start_writer: Callable[[], object] | None = None
-        self._eager_send: Send | None = None
-        self._context: contextvars.Context | None = None
+        self._eager_send: Send = _no_send
+        self.eager_active = False
+        """Whether a frame offered while the writer sleeps is sent at once (see the module doc)."""
+        self._context = contextvars.Context()
         self._driver: Generator[Any, Any, None] | None = None
         self._in_flight: tuple[Generator[Any, Any, None], Any, int] | None = None
         self._failure: Exception | None = None
@@ -169,7 +176,7 @@ class Outbox:
         """
         self._start_writer = start_writer
         self._idle = True
-        if self._eager and self._eager_send is None:
+        if self._eager and not self.eager_active:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:  # trio: no eager send
@@ -177,19 +184,16 @@ class Outbox:
             else:
                 self._context = contextvars.copy_context()
                 self._eager_send = send
+                self.eager_active = True
         if self.queue or self._close is not None:
             self._wake()
 
     def detach(self) -> None:
         """The connection is over: send nothing more, and start no writer."""
-        self._eager_send = None
+        self._eager_send = _no_send
+        self.eager_active = False
         self._start_writer = None
         self._idle = False
-
-    @property
-    def eager_active(self) -> bool:
-        """Whether a frame offered while the writer sleeps is sent at once (see the module doc)."""
-        return self._eager_send is not None
 
     @property
     def queued_bytes(self) -> int:
@@ -210,13 +214,34 @@ class Outbox:
             not queue
             and self._idle
             and wake
-            and self._eager_send is not None
+            and self.eager_active
             and not self._flushing
             and not self.closing
             and size <= self.max_bytes
         ):
-            # The writer sleeps and nothing is queued, so no frame is ahead of this one.
-            return self._send_now(self._eager_send, event, size)
+            # The eager send. The writer sleeps and nothing is queued, so no frame is ahead of
+            # this one: run the send here, in the connection's context.
+            driver = self._driver
+            if driver is None:
+                driver = self._driver = _sender()
+                driver.send(None)
+            try:
+                waiting = self._context.run(driver.send, self._eager_send(event))
+            except Exception as exc:  # the peer is gone: the writer reports it, in its own task
+                self._driver = None
+                self._failure = exc
+                self._wake()
+                return False
+            if waiting is _SENT:
+                self.metrics.messages_out += 1
+                return True
+            # The socket cannot take it now (its peer reads slowly): the writer finishes this
+            # send before anything else, and the frame counts against the bounds until then.
+            self._driver = None
+            self._in_flight = (driver, waiting, size)
+            self._bytes += size
+            self._wake()
+            return True
         if self.closing:
             self._drop(1)
             return False
@@ -227,30 +252,6 @@ class Outbox:
         self._bytes += size
         if wake and self._idle:
             self._wake()
-        return True
-
-    def _send_now(self, send: Send, event: dict[str, Any], size: int) -> bool:
-        """The eager send, from the caller's task; what cannot finish now goes to the writer."""
-        driver = self._driver
-        if driver is None:
-            driver = self._driver = _sender()
-            driver.send(None)
-        try:
-            waiting = self._context.run(driver.send, send(event))  # type: ignore[union-attr]
-        except Exception as exc:  # the peer is gone: the writer reports it, in its own task
-            self._driver = None
-            self._failure = exc
-            self._wake()
-            return False
-        if waiting is _SENT:
-            self.metrics.messages_out += 1
-            return True
-        # The socket cannot take it now (its peer reads slowly): the writer finishes this send
-        # before anything else, and the frame counts against the bounds until then.
-        self._driver = None
-        self._in_flight = (driver, waiting, size)
-        self._bytes += size
-        self._wake()
         return True
 
     def put_front(self, event: dict[str, Any], size: int) -> bool:
@@ -353,9 +354,10 @@ class Outbox:
         except RuntimeError:  # trio
             loop = None
         self._idle = False
-        if loop is not None and self._eager and self._eager_send is None:
+        if loop is not None and self._eager and not self.eager_active:
             self._context = contextvars.copy_context()
             self._eager_send = send
+            self.eager_active = True
         try:
             return await self._drain(send, loop)
         finally:
@@ -376,7 +378,6 @@ class Outbox:
             in_flight = self._in_flight
             if in_flight is not None:
                 driver, waiting, size = in_flight
-                assert self._context is not None
                 await _resume(driver, waiting, self._context)
                 self._in_flight = None
                 self._driver = driver  # idle again, ready for the next eager send

@@ -8,7 +8,6 @@ count, idle connections, and a broadcast with one member that stops reading.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable
 
 from benchmarks._results import Measurement, Section, add_ratio, merge_samples
@@ -144,45 +143,83 @@ def _stalled(settings: Settings) -> str:
     return f"{settings.stalled_members} members (1 stalled), {settings.stalled_text_bytes}-byte text"
 
 
-def _one_contender(settings: Settings, app: str, repeat: int, pin: bool, out: Collector) -> None:
-    cpu = SERVER_CPU if pin else None
-    welcome = app == "rtkit"  # only rtkit's ChatEndpoint says when a member is subscribed
-    server = ServerProcess(app, cpu=cpu).start()
+class _Servers:
+    """One server process per contender, started lazily and replaced on demand."""
+
+    def __init__(self, cpu: int | None) -> None:
+        self.cpu = cpu
+        self._running: dict[str, ServerProcess] = {}
+
+    def get(self, app: str, *, fresh: bool = False) -> ServerProcess:
+        server = self._running.get(app)
+        if server is not None and fresh:
+            server.stop()
+            server = None
+        if server is None:
+            server = self._running[app] = ServerProcess(app, cpu=self.cpu).start()
+        return server
+
+    def stop(self) -> None:
+        for server in self._running.values():
+            server.stop()
+        self._running.clear()
+
+
+def _one_repeat(settings: Settings, contenders: list[str], repeat: int, pin: bool, out: Collector) -> None:
+    """Every case once, the contenders of each case measured one right after the other.
+
+    The machine's speed drifts (other tenants, thermal state) over seconds to minutes: running
+    the contenders of one case back to back, rather than each contender's whole series in turn,
+    keeps the pairs that make a ratio within seconds of each other.
+    """
+    servers = _Servers(SERVER_CPU if pin else None)
+    members, text = settings.stalled_members, settings.stalled_text_bytes
+
+    def record(
+        key: Key, *, fresh: bool = False, broadcast: int | None = None, room: str = "", **fields: object
+    ) -> None:
+        app = key[2]
+        try:
+            server = servers.get(app, fresh=fresh)
+        except BenchProcessError as exc:
+            out.failures.append(f"{app}: {exc}")
+            return
+        if broadcast is None:
+            spec = _spec(settings, server, pin, **fields)
+        else:
+            # Only rtkit's ChatEndpoint says when a member is subscribed.
+            welcome = app == "rtkit"
+            spec = _broadcast_spec(settings, server, pin, broadcast, welcome=welcome, room=room, **fields)
+        out.record(key, functools.partial(run_client, spec))
+
     try:
         for n in settings.echo_connections:
-            spec = _spec(settings, server, pin, scenario="echo", connections=n)
-            out.record(("echo", f"{n} connections", app), functools.partial(run_client, spec))
+            for app in contenders:
+                record(("echo", f"{n} connections", app), scenario="echo", connections=n)
         for n in settings.broadcast_members:
-            spec = _broadcast_spec(settings, server, pin, n, welcome=welcome, room=f"b{n}-r{repeat}")
-            out.record(("broadcast", f"{n} members", app), functools.partial(run_client, spec))
-        members, text = settings.stalled_members, settings.stalled_text_bytes
-        spec = _broadcast_spec(
-            settings, server, pin, members, welcome=welcome, room=f"h{members}-r{repeat}", text_bytes=text
-        )
-        out.record(("broadcast-large", _large(settings), app), functools.partial(run_client, spec))
+            for app in contenders:
+                record(("broadcast", f"{n} members", app), broadcast=n, room=f"b{n}-r{repeat}")
+        for app in contenders:
+            key = ("broadcast-large", _large(settings), app)
+            record(key, broadcast=members, room=f"h{members}-r{repeat}", text_bytes=text)
+        # Memory figures come from a server that has served nothing else.
+        fresh = settings.fresh_servers
         for n in settings.idle_connections:
-            if settings.fresh_servers:
-                server.stop()
-                server = ServerProcess(app, cpu=cpu).start()
-            spec = _spec(settings, server, pin, scenario="idle", connections=n, timeout=120.0)
-            out.record(("idle", f"{n} connections", app), functools.partial(run_client, spec))
-        if settings.fresh_servers:
-            server.stop()
-            server = ServerProcess(app, cpu=cpu).start()
-        spec = _broadcast_spec(
-            settings,
-            server,
-            pin,
-            members,
-            welcome=welcome,
-            room=f"s{members}-r{repeat}",
-            stalled=1,
-            text_bytes=text,
-            prefill_bytes=settings.stalled_prefill_bytes,
-        )
-        out.record(("broadcast-stalled", _stalled(settings), app), functools.partial(run_client, spec))
+            for app in contenders:
+                key = ("idle", f"{n} connections", app)
+                record(key, fresh=fresh, scenario="idle", connections=n, timeout=120.0)
+        for app in contenders:
+            record(
+                ("broadcast-stalled", _stalled(settings), app),
+                fresh=fresh,
+                broadcast=members,
+                room=f"s{members}-r{repeat}",
+                stalled=1,
+                text_bytes=text,
+                prefill_bytes=settings.stalled_prefill_bytes,
+            )
     finally:
-        server.stop()
+        servers.stop()
 
 
 def run(settings: Settings, *, pin: bool = True) -> Section:
@@ -193,8 +230,10 @@ def run(settings: Settings, *, pin: bool = True) -> Section:
         description=(
             "Server and load client in separate processes"
             + (", pinned to separate cores" if pin else "")
-            + ". Echo: one message in flight per connection. Broadcast: member 0 sends 'say', every "
-            "member receives 'message'; latency is publish-to-delivery. Idle: server RSS per open socket."
+            + ". Echo: one typed message in flight per connection, decoded, checked and sent back. "
+            "Broadcast: member 0 sends 'say', every member receives 'message'; latency is "
+            "publish-to-delivery. Idle: server RSS per open socket. In each repeat the contenders "
+            "of a case run back to back; a ratio is the median of the per-repeat ratios."
         ),
         metric_units=dict(METRIC_UNITS),
         lower_is_better=sorted(LOWER_IS_BETTER),
@@ -203,11 +242,7 @@ def run(settings: Settings, *, pin: bool = True) -> Section:
     contenders = list(settings.e2e_contenders)
     for repeat in range(settings.e2e_repeats):
         shift = repeat % len(contenders)
-        for app in itertools.chain(contenders[shift:], contenders[:shift]):
-            try:
-                _one_contender(settings, app, repeat, pin, collector)
-            except BenchProcessError as exc:
-                collector.failures.append(f"{app}: {exc}")
+        _one_repeat(settings, contenders[shift:] + contenders[:shift], repeat, pin, collector)
     section.measurements = collector.measurements()
     section.notes.extend(collector.failures)
     _ratios(section, settings)
