@@ -15,6 +15,7 @@ The publisher yields to the event loop after each message, as a server does betw
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 import tracemalloc
@@ -52,6 +53,10 @@ async def _stalled_send(message: AsgiMessage) -> None:
 async def _never_receive() -> AsgiMessage:
     await anyio.sleep_forever()
     raise AssertionError("unreachable")
+
+
+async def _connect() -> AsgiMessage:
+    return {"type": "websocket.connect"}
 
 
 class _Member(RealtimeEndpoint):
@@ -103,13 +108,18 @@ class _RtkitFanout(_Fanout):
     async def start(self, tg: TaskGroup, n: int, stalled: int | None) -> None:
         await self.hub.startup()
         for i in range(n):
-            member = _Member(_scope(), _never_receive, _noop_send, hub=self.hub)
-            await self.hub.subscribe(CHANNEL, member)
-            self.members.append(member)
             send: Callable[[AsgiMessage], Awaitable[None]] = _noop_send
             if i == stalled:
-                self.stalled, send = member, _stalled_send
-            tg.start_soon(member.outbox.drain, send)
+                send = _stalled_send
+            # Set up as a served connection is: accepted, subscribed, its outbox attached (the
+            # writer task starts when a send has to wait).
+            member = _Member(_scope(), _connect, _noop_send, hub=self.hub)
+            await member.accept()
+            await self.hub.subscribe(CHANNEL, member)
+            self.members.append(member)
+            if i == stalled:
+                self.stalled = member
+            member.outbox.attach(send, functools.partial(tg.start_soon, member.outbox.drain, send))
 
     async def publish(self, seq: int) -> None:
         await self.hub.publish(CHANNEL, _message(seq))

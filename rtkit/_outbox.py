@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeAlias
 import anyio
 
 from rtkit._types import Message, Send
+from rtkit.frame import Frame
 from rtkit.metrics import Metrics
 
 __all__ = ["Outbox", "OverflowPolicy"]
@@ -55,10 +56,24 @@ def _sender() -> Generator[Any, Any, None]:
     the send itself on a fast path taken once per member per message; ``yield from`` inside
     this long-lived driver finishes it without one.
     """
-    coro = yield _SENT
     while True:
-        yield from coro
         coro = yield _SENT
+        yield from coro
+        del coro  # freed now, while it is still in the cache, not at the next send
+
+
+# Drivers not running a send, shared by every outbox: one that is in use is out of this list,
+# so a send that (through some middleware) queues to another socket gets a driver of its own,
+# and threads never share one. One driver serves thousands of sockets in turn, and stays in
+# the cache where a driver per socket would be read cold, member after member.
+# (A deque: a list would give its storage back and take it again on every pop and append.)
+_IDLE_DRIVERS: deque[Generator[Any, Any, None]] = deque()
+
+
+def _new_driver() -> Generator[Any, Any, None]:
+    driver = _sender()
+    driver.send(None)  # run to its first `yield _SENT`: ready for a send
+    return driver
 
 
 @types.coroutine
@@ -96,30 +111,31 @@ class Outbox:
             say): an eager send starts in the task that offers the frame. uvicorn's does not.
     """
 
-    __slots__ = (
+    # The fields the eager send reads come first, so that they share as few cache lines as
+    # possible: a broadcast reads them once per member, mostly from cold memory.
+    __slots__ = (  # noqa: RUF023
+        "queue",
+        "_idle",
+        "eager_active",
+        "_flushing",
+        "closing",
+        "max_bytes",
+        "_context",
+        "_eager_send",
+        "metrics",
         "_bytes",
         "_close",
-        "_context",
-        "_driver",
         "_eager",
-        "_eager_send",
         "_failure",
-        "_flushing",
-        "_idle",
         "_in_flight",
         "_start_writer",
         "_wake_pending",
         "_wakeup",
-        "closing",
         "dropped",
-        "eager_active",
-        "max_bytes",
         "max_messages",
-        "metrics",
         "on_overflow",
         "overflowed",
         "policy",
-        "queue",
     )
 
     def __init__(
@@ -160,12 +176,26 @@ class Outbox:
         self.eager_active = False
         """Whether a frame offered while the writer sleeps is sent at once (see the module doc)."""
         self._context = contextvars.Context()
-        self._driver: Generator[Any, Any, None] | None = None
         self._in_flight: tuple[Generator[Any, Any, None], Any, int] | None = None
         self._failure: Exception | None = None
 
     def __len__(self) -> int:
         return len(self.queue)
+
+    @property
+    def eager_capable(self) -> bool:
+        """Whether this outbox will send eagerly once attached (eager allowed, on asyncio)."""
+        if not self._eager:
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            return False
+        return True
+
+    def offer_text(self, frame: Frame) -> bool:
+        """Queue ``frame`` in its JSON form (the hub's fan-out entry for a JSON connection)."""
+        return self.put(frame.text_event, frame.size)
 
     def attach(self, send: Send, start_writer: Callable[[], object]) -> None:
         """Get ready to send on a connection that is open, from that connection's task.
@@ -176,15 +206,10 @@ class Outbox:
         """
         self._start_writer = start_writer
         self._idle = True
-        if self._eager and not self.eager_active:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # trio: no eager send
-                pass
-            else:
-                self._context = contextvars.copy_context()
-                self._eager_send = send
-                self.eager_active = True
+        if not self.eager_active and self.eager_capable:
+            self._context = contextvars.copy_context()
+            self._eager_send = send
+            self.eager_active = True
         if self.queue or self._close is not None:
             self._wake()
 
@@ -221,23 +246,20 @@ class Outbox:
         ):
             # The eager send. The writer sleeps and nothing is queued, so no frame is ahead of
             # this one: run the send here, in the connection's context.
-            driver = self._driver
-            if driver is None:
-                driver = self._driver = _sender()
-                driver.send(None)
+            driver = _IDLE_DRIVERS.pop() if _IDLE_DRIVERS else _new_driver()
             try:
                 waiting = self._context.run(driver.send, self._eager_send(event))
             except Exception as exc:  # the peer is gone: the writer reports it, in its own task
-                self._driver = None
                 self._failure = exc
                 self._wake()
                 return False
             if waiting is _SENT:
+                _IDLE_DRIVERS.append(driver)
                 self.metrics.messages_out += 1
                 return True
             # The socket cannot take it now (its peer reads slowly): the writer finishes this
-            # send before anything else, and the frame counts against the bounds until then.
-            self._driver = None
+            # send, with the driver that started it, before anything else; the frame counts
+            # against the bounds until then.
             self._in_flight = (driver, waiting, size)
             self._bytes += size
             self._wake()
@@ -365,9 +387,6 @@ class Outbox:
             in_flight, self._in_flight = self._in_flight, None
             if in_flight is not None:
                 in_flight[0].close()
-            if self._driver is not None:
-                self._driver.close()
-                self._driver = None
 
     async def _drain(self, send: Send, loop: asyncio.AbstractEventLoop | None) -> tuple[int, str]:
         queue = self.queue
@@ -380,7 +399,6 @@ class Outbox:
                 driver, waiting, size = in_flight
                 await _resume(driver, waiting, self._context)
                 self._in_flight = None
-                self._driver = driver  # idle again, ready for the next eager send
                 self._bytes -= size
                 metrics.messages_out += 1
             while queue:

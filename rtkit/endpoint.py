@@ -293,10 +293,23 @@ class RealtimeEndpoint(WebSocketEndpoint):
         """Queue an already encoded ``Frame``; False if the outbox refused it."""
         return self._queue(frame.event(self.wire), frame.size)
 
-    def offer(self, frame: Frame) -> bool:
-        """The hub's entry point: queue a fanned-out frame without waiting."""
-        if self._handling_since is None:  # the common case, kept short: fan-out is hot
-            return self.outbox.put(frame.event(self.wire), frame.size)
+    @property
+    def offer(self) -> Callable[[Frame], bool]:
+        """The hub's entry point: ``offer(frame)`` queues a fanned-out frame without waiting.
+
+        The hub looks it up once per subscription. An accepted JSON connection that sends
+        eagerly gets its outbox's own ``offer_text``: a broadcast then reads nothing of the
+        endpoint, member after member.
+        """
+        if (
+            self.wire == "json"
+            and self.outbox.eager_capable
+            and self.websocket.application_state == WebSocketState.CONNECTED
+        ):
+            return self.outbox.offer_text
+        return self._offer
+
+    def _offer(self, frame: Frame) -> bool:
         return self._queue(frame.event(self.wire), frame.size)
 
     def _queue(self, event: dict[str, Any], size: int) -> bool:

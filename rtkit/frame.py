@@ -20,22 +20,20 @@ class Frame:
         payload: the message as JSON bytes.
     """
 
-    __slots__ = ("_binary_event", "_text_event", "payload", "size")
+    __slots__ = ("_binary_event", "payload", "size", "text_event")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self.size = len(payload)
         """Bytes of the JSON payload: what an outbox charges against its bound."""
-        self._text_event: dict[str, Any] | None = None
+        self.text_event: dict[str, Any] = {"type": "websocket.send", "text": payload.decode()}
+        """The ASGI send event of the JSON form (almost every socket's), read once per member."""
         self._binary_event: dict[str, Any] | None = None
 
     def event(self, wire: WireFormat) -> dict[str, Any]:
         """The ASGI send event carrying this frame in ``wire`` format (built once, then shared)."""
         if wire == "json":
-            event = self._text_event
-            if event is None:
-                event = self._text_event = {"type": "websocket.send", "text": self.payload.decode()}
-            return event
+            return self.text_event
         event = self._binary_event
         if event is None:
             event = self._binary_event = {

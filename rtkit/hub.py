@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -55,10 +56,12 @@ class Subscriber(Protocol):
 
 
 class _Channel:
-    __slots__ = ("active", "lock", "members", "pending")
+    __slots__ = ("active", "lock", "members", "offers", "pending")
 
     def __init__(self) -> None:
         self.members: dict[int, Subscriber] = {}
+        # Each member's bound ``offer``, looked up once: fan-out calls it per member per message.
+        self.offers: dict[int, Callable[[Frame], bool]] = {}
         self.pending = 0  # subscribe() calls under way: the channel must not be torn down
         self.active = False  # the backend is subscribed
         self.lock = anyio.Lock()
@@ -175,12 +178,14 @@ class Hub:
         state = self._channels.get(channel)
         if state is None or not state.members:
             return
-        origin = int.from_bytes(data[:_TOKEN_BYTES], "big")
+        offers = state.offers
+        # The excluded member is skipped by identity: reading every member's token would touch
+        # one more object per member, mostly cold in a large room.
+        skip = offers.get(int.from_bytes(data[:_TOKEN_BYTES], "big"))
         frame = Frame(data[_TOKEN_BYTES:])
         delivered = 0
-        members = state.members
-        for token, subscriber in members.items():
-            if token != origin and subscriber.offer(frame):
+        for offer in offers.values():
+            if offer is not skip and offer(frame):
                 delivered += 1
         # Refusals are counted by the outboxes themselves, which know why they refused.
         self.metrics.delivered += delivered
@@ -212,6 +217,7 @@ class Hub:
                     await self.backend.subscribe(channel)
                     state.active = True
             state.members[subscriber.token] = subscriber
+            state.offers[subscriber.token] = subscriber.offer
             self._subscriptions.setdefault(subscriber.token, set()).add(channel)
         finally:
             state.pending -= 1
@@ -231,6 +237,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None or state.members.pop(subscriber.token, None) is None:
             return
+        del state.offers[subscriber.token]
         if not state.members and not state.pending:
             await self._release(channel, state)
 
