@@ -166,12 +166,12 @@ class Outbox:
         self._wakeup: asyncio.Future[None] | anyio.Event | None = None
         self._flushing = False
         self._wake_pending = False
-        # Set while the writer runs on asyncio: the send the eager path calls, and the context
-        # it calls it in (the writer's, so a middleware wrapping ``send`` sees this connection).
         self._eager = eager
         # True while no writer runs or is due to run: attached and not started yet, or parked.
         self._idle = False
         self._start_writer: Callable[[], object] | None = None
+        # Once attached on asyncio: the send the eager path calls, and the context it calls it
+        # in (the connection's, so a middleware wrapping ``send`` sees this connection).
         self._eager_send: Send = _no_send
         self.eager_active = False
         """Whether a frame offered while the writer sleeps is sent at once (see the module doc)."""
@@ -232,7 +232,8 @@ class Outbox:
         soon (the receive loop does, after each handler), which sends inline when it can.
 
         Returns:
-            True if queued; False if refused (closing, or the overflow policy dropped it).
+            True if taken (sent at once, or queued); False if refused (closing, the overflow
+            policy dropped it, or an eager send found the peer gone).
         """
         queue = self.queue
         if (
@@ -300,7 +301,8 @@ class Outbox:
         if self.policy == "disconnect":
             self._drop(len(self.queue) + 1)
             self.queue.clear()
-            self._bytes = 0
+            # A send the writer is finishing still holds its bytes until it ends.
+            self._bytes = self._in_flight[2] if self._in_flight is not None else 0
             self.overflowed = True
             self.metrics.slow_consumer_disconnects += 1
             self.close(SLOW_CONSUMER_CLOSE, "slow consumer")

@@ -7,9 +7,11 @@ One instance serves one connection, as in Starlette. The life of a connection:
    connection caps are checked. A refusal never reaches user code (HTTP 403 or 503);
 2. ``on_connect`` runs; the default accepts, choosing MessagePack when the client offers the
    ``rtkit.msgpack`` subprotocol; returning without accepting refuses the socket;
-3. a writer task drains the connection's outbox while the receive loop guards each frame
-   (size, rate), decodes it to ``inbound`` and calls ``on_<type>`` (or ``on_message``) through
-   ``on_receive``; a bad frame gets an error frame and the socket stays;
+3. the receive loop, in a task of its own, guards each frame (size, rate), decodes it to
+   ``inbound`` and calls ``on_<type>`` (or ``on_message``) through ``on_receive``; a bad frame
+   gets an error frame and the socket stays. Frames for the socket are sent at once when it
+   can take them (see ``rtkit._outbox``); a writer task, started when first needed, sends
+   the ones that have to wait;
 4. ``on_disconnect`` runs once, whatever ended the connection, and the connection leaves every
    hub channel it had joined.
 

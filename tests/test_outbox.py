@@ -423,3 +423,29 @@ async def test_a_detached_outbox_sends_nothing_and_starts_no_writer() -> None:
         outbox.close(1000)
         assert writers.started == 0
     assert texts(outbox) == ["1"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_an_overflow_behind_a_waiting_send_keeps_its_bytes_counted() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=2, policy="disconnect")
+    sent: list[str] = []
+    gate = anyio.Event()
+
+    async def send(message: Message) -> None:
+        if message.get("text") == "1":
+            await gate.wait()
+        sent.append(message.get("text") or message["type"])
+
+    async with anyio.create_task_group() as tg:
+        writers = _Writers(tg, outbox, send)
+        outbox.attach(send, writers)
+        outbox.put(event(1), 10)  # waits in the writer's hands
+        outbox.put(event(2), 10)
+        outbox.put(event(3), 10)
+        assert not outbox.put(event(4), 10)  # over the count: the disconnect policy acts
+        assert outbox.overflowed
+        assert outbox.queued_bytes == 10  # the send under way still holds its bytes
+        gate.set()
+    assert sent == ["1", "websocket.close"]
+    assert outbox.queued_bytes == 0
