@@ -43,7 +43,15 @@ from rtkit._inbox import Inbox
 from rtkit._outbox import Outbox
 from rtkit._types import Message, Receive, Scope, Send
 from rtkit.auth import BEARER_SUBPROTOCOL, Authenticator, Principal
-from rtkit.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, Codec, WireFormat, codec_for, encode
+from rtkit.codec import (
+    JSON_SUBPROTOCOL,
+    MSGPACK_SUBPROTOCOL,
+    Codec,
+    WireFormat,
+    codec_for,
+    encode,
+    encode_json,
+)
 from rtkit.errors import BackendUnavailableError, ConfigurationError
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
@@ -285,11 +293,17 @@ class RealtimeEndpoint(WebSocketEndpoint):
 
         Returns at once: it is sent after everything queued before it.
         """
-        payload = encode(message)
-        if self.wire == "json":  # the common case, without a Frame: a reply is hot
-            self._queue({"type": "websocket.send", "text": payload.decode()}, len(payload))
-        else:
+        payload = encode_json(message)
+        if self.wire != "json":
             self.send_frame(Frame(payload))
+            return
+        # The common case, kept short (a reply is hot): no Frame, and `_queue` inlined.
+        event = {"type": "websocket.send", "text": payload.decode()}
+        outbox = self.outbox
+        if outbox.eager_active or self._handling_since is None:
+            outbox.put(event, len(payload))
+        else:
+            self._queue(event, len(payload))
 
     def send_frame(self, frame: Frame) -> bool:
         """Queue an already encoded ``Frame``; False if the outbox refused it."""
@@ -442,7 +456,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
             # waits for it, through every coroutine on that task's stack: here that is the
             # loop and the server's receive, not the whole app stack above this endpoint
             # (the server's protocol, middleware, routers, mounts), which this task holds.
-            tg.start_soon(self._receive, websocket, outcome, tg.cancel_scope)
+            tg.start_soon(self._receive_loop, websocket, outcome, tg.cancel_scope)
         self.outbox.detach()
         self._task_group = None
         result = outcome[0] if outcome else 1006
@@ -453,20 +467,6 @@ class RealtimeEndpoint(WebSocketEndpoint):
         if self._forced_close is not None:
             return self._forced_close
         return result
-
-    async def _receive(
-        self, websocket: WebSocket, outcome: list[int | Exception], scope: anyio.CancelScope
-    ) -> None:
-        try:
-            outcome.append(await self._receive_loop(websocket))
-        except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
-            outcome.append(exc.code)
-        except OSError:
-            outcome.append(1006)
-        except Exception as exc:  # the one boundary: a fault in user code
-            outcome.append(exc)
-        finally:
-            scope.cancel()
 
     async def _write(self, scope: anyio.CancelScope) -> None:
         try:
@@ -556,46 +556,64 @@ class RealtimeEndpoint(WebSocketEndpoint):
             if message["type"] == "websocket.disconnect":
                 return
 
-    async def _receive_loop(self, websocket: WebSocket) -> int:
-        receive, send = self.receive, self.send
-        route = None if self._custom_on_receive else self._routes
-        metrics, outbox, guard = self.metrics, self.outbox, self._guard
-        pending = outbox.queue
-        monotonic = time.monotonic
-        self._task_of = _current_task_getter()
-        self._loop_task = self._task_of()
-        codec = self._codec
-        self._decode = codec.decoder(self.wire) if codec is not None else None
-        while True:
-            inbox = self._inbox
-            message = await receive() if inbox is None else await inbox.get()
-            if message["type"] != "websocket.receive":
-                if message["type"] == "websocket.disconnect":
-                    return int(message.get("code") or 1000)
-                continue
-            metrics.messages_in += 1
-            self._last_inbound = now = monotonic()
-            if outbox.closing:
-                continue  # closing: what the peer still sends is not served
-            data = guard(message, now)
-            if data is _INVALID:
-                continue
-            self._handling_since = now
-            if not self._watching and self.limits.stall_check_interval is not None:
-                self._start_watch()
-            try:
-                handler = route.get(type(data)) if route is not None else None
-                if handler is not None:
-                    await handler(self, websocket, data)
-                else:
-                    await self.on_receive(websocket, data)
-            except BackendUnavailableError as exc:
-                # The request could not be carried out now; the client may retry it.
-                self._queue_error("unavailable", str(exc), getattr(data, "ref", None))
-            finally:
-                self._handling_since = None
-            if pending:
-                await outbox.flush(send)
+    async def _receive_loop(
+        self, websocket: WebSocket, outcome: list[int | Exception], scope: anyio.CancelScope
+    ) -> None:
+        """Read, guard and dispatch frames until the peer leaves; record how it ended.
+
+        ``outcome`` gets the close code, or the exception that escaped user code. (The loop
+        and its error handling are one coroutine: each frame resumes every coroutine on this
+        task's stack, so a wrapper would cost a level per frame.)
+        """
+        try:
+            receive, send = self.receive, self.send
+            route = None if self._custom_on_receive else self._routes
+            metrics, outbox, guard = self.metrics, self.outbox, self._guard
+            pending = outbox.queue
+            monotonic = time.monotonic
+            self._task_of = _current_task_getter()
+            self._loop_task = self._task_of()
+            codec = self._codec
+            self._decode = codec.decoder(self.wire) if codec is not None else None
+            while True:
+                inbox = self._inbox
+                message = await receive() if inbox is None else await inbox.get()
+                if message["type"] != "websocket.receive":
+                    if message["type"] == "websocket.disconnect":
+                        outcome.append(int(message.get("code") or 1000))
+                        return
+                    continue
+                metrics.messages_in += 1
+                self._last_inbound = now = monotonic()
+                if outbox.closing:
+                    continue  # closing: what the peer still sends is not served
+                data = guard(message, now)
+                if data is _INVALID:
+                    continue
+                self._handling_since = now
+                if not self._watching and self.limits.stall_check_interval is not None:
+                    self._start_watch()
+                try:
+                    handler = route.get(type(data)) if route is not None else None
+                    if handler is not None:
+                        await handler(self, websocket, data)
+                    else:
+                        await self.on_receive(websocket, data)
+                except BackendUnavailableError as exc:
+                    # The request could not be carried out now; the client may retry it.
+                    self._queue_error("unavailable", str(exc), getattr(data, "ref", None))
+                finally:
+                    self._handling_since = None
+                if pending:
+                    await outbox.flush(send)
+        except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
+            outcome.append(exc.code)
+        except OSError:
+            outcome.append(1006)
+        except Exception as exc:  # the one boundary: a fault in user code
+            outcome.append(exc)
+        finally:
+            scope.cancel()
 
     def _guard(self, message: Message, now: float) -> Any:
         """Size, rate and decoding of one frame: the decoded value, or _INVALID if refused."""
