@@ -3,7 +3,7 @@
 Contenders:
 
 - ``rtkit``: ``Hub`` on the memory backend; each subscriber is a real ``RealtimeEndpoint``
-  (its ``offer`` and ``Outbox``) whose writer task drains into a no-op ASGI ``send``;
+  (its ``offer`` and ``Outbox``) sending into a no-op ASGI ``send``;
 - ``direct``: the encoded event sent straight to each subscriber in a loop (``for s in
   subscribers: await send(event)``), the floor of any fan-out and the tutorial's pattern;
 - ``queue``: an unbounded ``asyncio.Queue`` and a writer task per subscriber, the usual
