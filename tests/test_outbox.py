@@ -449,3 +449,51 @@ async def test_an_overflow_behind_a_waiting_send_keeps_its_bytes_counted() -> No
         gate.set()
     assert sent == ["1", "websocket.close"]
     assert outbox.queued_bytes == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_send_that_waits_twice_is_carried_through_both_waits() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[str] = []
+    first, second = anyio.Event(), anyio.Event()
+
+    async def send(message: Message) -> None:
+        if message.get("text") == "1":
+            await first.wait()
+            await second.wait()  # the writer resumes the same send a second time
+        sent.append(message.get("text") or message["type"])
+
+    async with anyio.create_task_group() as tg:
+        outbox.attach(send, _Writers(tg, outbox, send))
+        outbox.put(event(1), 1)
+        outbox.put(event(2), 1)
+        first.set()
+        await anyio.wait_all_tasks_blocked()
+        assert sent == []
+        second.set()
+        await anyio.wait_all_tasks_blocked()
+        assert sent == ["1", "2"]
+        outbox.close(1000)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_an_outbox_with_eager_off_never_sends_from_the_caller() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect", eager=False)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    assert not outbox.eager_capable
+    async with anyio.create_task_group() as tg:
+        writers = _Writers(tg, outbox, send)
+        outbox.attach(send, writers)
+        assert not outbox.eager_active
+        outbox.put(event(1), 1)
+        assert sent == []  # queued; the writer it starts sends it
+        assert writers.started == 1
+        await anyio.wait_all_tasks_blocked()
+        assert [m["text"] for m in sent] == ["1"]
+        outbox.close(1000)
