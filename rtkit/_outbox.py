@@ -206,12 +206,16 @@ class Outbox:
         """
         self._start_writer = start_writer
         self._idle = True
+        self._enable_eager(send)
+        if self.queue or self._close is not None:
+            self._wake()
+
+    def _enable_eager(self, send: Send) -> None:
+        """Turn the eager send on, in a copy of the caller's context, where it is allowed."""
         if not self.eager_active and self.eager_capable:
             self._context = contextvars.copy_context()
             self._eager_send = send
             self.eager_active = True
-        if self.queue or self._close is not None:
-            self._wake()
 
     def detach(self) -> None:
         """The connection is over: send nothing more, and start no writer."""
@@ -378,10 +382,7 @@ class Outbox:
         except RuntimeError:  # trio
             loop = None
         self._idle = False
-        if loop is not None and self._eager and not self.eager_active:
-            self._context = contextvars.copy_context()
-            self._eager_send = send
-            self.eager_active = True
+        self._enable_eager(send)  # for a writer started without attach
         try:
             return await self._drain(send, loop)
         finally:

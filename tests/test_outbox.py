@@ -20,6 +20,22 @@ def texts(outbox: Outbox) -> list[str]:
     return [e["text"] for e, _ in outbox.queue]
 
 
+class _Socket:
+    """An ASGI ``send`` that records each frame's text (or type); the frame whose text is
+    ``hold`` waits for every gate in turn, as a peer that reads slowly would make it."""
+
+    def __init__(self, *, hold: str | None = None, gates: int = 1) -> None:
+        self.sent: list[str] = []
+        self.hold = hold
+        self.gates = [anyio.Event() for _ in range(gates)]
+
+    async def __call__(self, message: Message) -> None:
+        if self.hold is not None and message.get("text") == self.hold:
+            for gate in self.gates:
+                await gate.wait()
+        self.sent.append(message.get("text") or message["type"])
+
+
 def test_frames_queue_in_order_within_the_bounds() -> None:
     outbox = Outbox(max_bytes=100, max_messages=10, policy="disconnect")
     assert all(outbox.put(event(n), 10) for n in range(10))
@@ -219,13 +235,8 @@ async def test_a_frame_offered_to_a_sleeping_writer_goes_out_at_once_on_asyncio(
 @pytest.mark.anyio
 async def test_a_send_that_must_wait_is_finished_by_the_writer_ahead_of_later_frames() -> None:
     outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-    sent: list[str] = []
-    gate = anyio.Event()
-
-    async def send(message: Message) -> None:
-        if message.get("text") == "1":
-            await gate.wait()  # a peer that reads slowly
-        sent.append(message.get("text") or message["type"])
+    socket = _Socket(hold="1")  # a peer that reads slowly
+    sent, gate, send = socket.sent, socket.gates[0], socket
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(outbox.drain, send)
@@ -359,13 +370,8 @@ class _Writers:
 @pytest.mark.anyio
 async def test_a_writer_starts_only_when_a_frame_cannot_go_out_at_once(anyio_backend: str) -> None:
     outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-    sent: list[str] = []
-    gate = anyio.Event()
-
-    async def send(message: Message) -> None:
-        if message.get("text") == "2":
-            await gate.wait()
-        sent.append(message.get("text") or message["type"])
+    socket = _Socket(hold="2")
+    sent, gate, send = socket.sent, socket.gates[0], socket
 
     async with anyio.create_task_group() as tg:
         writers = _Writers(tg, outbox, send)
@@ -390,10 +396,8 @@ async def test_a_writer_starts_only_when_a_frame_cannot_go_out_at_once(anyio_bac
 @pytest.mark.anyio
 async def test_frames_queued_before_attach_start_the_writer_at_attach() -> None:
     outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-    sent: list[str] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message.get("text") or message["type"])
+    socket = _Socket()
+    sent, send = socket.sent, socket
 
     outbox.put(event(2), 1)
     outbox.put_front(event(1), 1)  # a greeting queued while the connection was being set up
@@ -429,13 +433,8 @@ async def test_a_detached_outbox_sends_nothing_and_starts_no_writer() -> None:
 @pytest.mark.anyio
 async def test_an_overflow_behind_a_waiting_send_keeps_its_bytes_counted() -> None:
     outbox = Outbox(max_bytes=1000, max_messages=2, policy="disconnect")
-    sent: list[str] = []
-    gate = anyio.Event()
-
-    async def send(message: Message) -> None:
-        if message.get("text") == "1":
-            await gate.wait()
-        sent.append(message.get("text") or message["type"])
+    socket = _Socket(hold="1")
+    sent, gate, send = socket.sent, socket.gates[0], socket
 
     async with anyio.create_task_group() as tg:
         writers = _Writers(tg, outbox, send)
@@ -455,14 +454,9 @@ async def test_an_overflow_behind_a_waiting_send_keeps_its_bytes_counted() -> No
 @pytest.mark.anyio
 async def test_a_send_that_waits_twice_is_carried_through_both_waits() -> None:
     outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-    sent: list[str] = []
-    first, second = anyio.Event(), anyio.Event()
-
-    async def send(message: Message) -> None:
-        if message.get("text") == "1":
-            await first.wait()
-            await second.wait()  # the writer resumes the same send a second time
-        sent.append(message.get("text") or message["type"])
+    socket = _Socket(hold="1", gates=2)  # the writer resumes the same send a second time
+    sent, send = socket.sent, socket
+    first, second = socket.gates
 
     async with anyio.create_task_group() as tg:
         outbox.attach(send, _Writers(tg, outbox, send))
