@@ -63,6 +63,10 @@ class Ratio(msgspec.Struct, kw_only=True):
     target: float | None = None
     """The least acceptable ``value``, when the issue sets one."""
     met: bool | None = None
+    floor: float | None = None
+    """What the raw ASGI app, the floor of the stack, scored against the same baseline in the
+    same run (set for targets against another framework). An app on the same server can hardly
+    beat the floor, so a target above this figure asks for more than the stack allows."""
 
 
 class Section(msgspec.Struct, kw_only=True):

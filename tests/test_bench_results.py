@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from benchmarks._results import Measurement, Section, add_ratio
+import xml.etree.ElementTree as ET
+
+import msgspec
+
+from benchmarks._results import Measurement, Report, Section, add_ratio
+from benchmarks.e2e.bench import _ratios
+from benchmarks.report import render_markdown, render_svg
+from benchmarks.settings import PROFILES
 
 
 def _section(mine: list[float], theirs: list[float], *, lower: bool = False) -> Section:
@@ -49,3 +56,55 @@ def test_unpaired_series_fall_back_to_the_ratio_of_medians() -> None:
     assert ratio is not None
     assert ratio.per_repeat == []
     assert ratio.value == 90.0 / 100.0
+
+
+def _echo_run(rates: dict[str, list[float]]) -> Section:
+    """An e2e section holding only echo at 10 connections, one series of rates per contender."""
+    return Section(
+        name="e2e",
+        title="t",
+        description="d",
+        measurements=[
+            Measurement(
+                case="echo",
+                param="10 connections",
+                contender=contender,
+                metrics={"replies_per_s": sorted(values)[len(values) // 2]},
+                samples={"replies_per_s": values},
+            )
+            for contender, values in rates.items()
+        ],
+    )
+
+
+def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
+    settings = msgspec.structs.replace(
+        PROFILES["smoke"],
+        e2e_contenders=("rtkit", "raw-asgi", "fastapi-tutorial"),
+        echo_connections=(10,),
+        broadcast_members=(),
+        idle_connections=(),
+    )
+    section = _echo_run(
+        {
+            "rtkit": [95.0, 90.0, 99.0],
+            "raw-asgi": [100.0, 100.0, 100.0],
+            "fastapi-tutorial": [80.0, 75.0, 80.0],
+        }
+    )
+    _ratios(section, settings)
+    echo = {(r.contender, r.baseline): r for r in section.ratios if r.metric == "replies_per_s"}
+    tutorial = echo[("rtkit", "fastapi-tutorial")]
+    assert tutorial.target == 1.3
+    assert tutorial.floor == 1.25  # raw ASGI / tutorial, per repeat: 1.25, 1.33, 1.25
+    assert echo[("raw-asgi", "fastapi-tutorial")].value == 1.25
+    assert echo[("rtkit", "raw-asgi")].floor is None  # the floor is not measured against itself
+
+    report = Report(started="s", finished="f", flags={}, environment={}, sections=[section])
+    markdown = render_markdown(report)
+    targets = markdown.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    assert "raw ASGI's own ratio" in targets
+    assert "| 1.25x |" in targets
+    chart = ET.fromstring(render_svg(report))
+    dashed = [line for line in chart.iter("{http://www.w3.org/2000/svg}line") if line.get("stroke-dasharray")]
+    assert len(dashed) == 1  # one floor tick, on the tutorial bar; raw ASGI's own ratio has no bar

@@ -255,9 +255,21 @@ def _ratios(section: Section, settings: Settings) -> None:
         for baseline in baselines:
             param = f"{n} connections"
             target = ECHO_TARGETS.get(baseline)
-            add_ratio(
+            ratio = add_ratio(
                 section, case="echo", param=param, metric="replies_per_s", baseline=baseline, target=target
             )
+            if ratio is not None and baseline != "raw-asgi":
+                # How far the floor itself got against this baseline, recorded beside the
+                # target: it bounds what any framework on this server can reach.
+                floor = add_ratio(
+                    section,
+                    case="echo",
+                    param=param,
+                    metric="replies_per_s",
+                    baseline=baseline,
+                    contender="raw-asgi",
+                )
+                ratio.floor = floor.value if floor is not None else None
             add_ratio(section, case="echo", param=param, metric="server_cpu_us_per_msg", baseline=baseline)
     for n in settings.broadcast_members:
         for baseline in baselines:
