@@ -177,43 +177,48 @@ class RealtimeEndpoint(WebSocketEndpoint):
         limits: Limits | None = None,
         authenticator: Authenticator | None = None,
     ) -> None:
+        effective_limits = limits if limits is not None else self.limits
+        metrics = hub.metrics if hub is not None else Metrics()
+        # The fields each received frame reads or writes are set first: instance attributes
+        # are stored in the order first set, so these share a cache line, which a frame on
+        # one of many connections often finds cold.
+        self._inbox: Inbox | None = None
+        self._last_inbound = time.monotonic()
+        self._handling_since: float | None = None
+        self._watching = False
+        self._invalid_in_row = 0
+        self._limited_in_row = 0
+        self.wire: WireFormat = "json"
+        """The connection's wire format, fixed at accept."""
+        self.outbox = Outbox(
+            max_bytes=effective_limits.outbox_max_bytes,
+            max_messages=effective_limits.outbox_max_messages,
+            policy=effective_limits.overflow,
+            metrics=metrics,
+            on_overflow=self._on_overflow,
+            eager=self.eager_send,
+        )
+        """Frames waiting for this socket."""
         super().__init__(scope, receive, send)
         self._hub = hub
         if limits is not None:
             self.limits = limits
         if authenticator is not None:
             self.authenticator = authenticator
+        self.metrics: Metrics = metrics
+        """The counters this connection adds to (its hub's)."""
         self.token = new_token()
         """This connection's id, unique across processes."""
-        self.wire: WireFormat = "json"
-        """The connection's wire format, fixed at accept."""
         self.params: Any = None
         """The handshake's parameters as ``params_type``, or None if none is declared."""
         self.principal: Principal | None = None
         """Who the authenticator said the peer is, or None without an authenticator."""
         self.websocket: WebSocket = WebSocket(scope, receive=receive, send=send)
         """Starlette's view of the connection: headers, cookies, path and query parameters."""
-        self.metrics: Metrics = hub.metrics if hub is not None else Metrics()
-        """The counters this connection adds to (its hub's)."""
-        limits = self.limits
-        self.outbox = Outbox(
-            max_bytes=limits.outbox_max_bytes,
-            max_messages=limits.outbox_max_messages,
-            policy=limits.overflow,
-            metrics=self.metrics,
-            on_overflow=self._on_overflow,
-            eager=self.eager_send,
-        )
-        """Frames waiting for this socket."""
-        self._bucket = TokenBucket(limits.rate, limits.burst) if limits.rate is not None else None
-        self._invalid_in_row = 0
-        self._limited_in_row = 0
-        self._last_inbound = time.monotonic()
-        self._handling_since: float | None = None
-        self._inbox: Inbox | None = None
+        rate = effective_limits.rate
+        self._bucket = TokenBucket(rate, effective_limits.burst) if rate is not None else None
         self._task_group: TaskGroup | None = None
         self._close_deadline_set = False
-        self._watching = False
         self._decode: Callable[[Any], Any] | None = None
         self._sent_close: int | None = None
         self._forced_close: int | None = None
@@ -574,7 +579,14 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self._task_of = _current_task_getter()
             self._loop_task = self._task_of()
             codec = self._codec
-            self._decode = codec.decoder(self.wire) if codec is not None else None
+            decode = self._decode = codec.decoder(self.wire) if codec is not None else None
+            bucket = self._bucket
+            # A JSON text frame of at most this many characters is within max_message_bytes
+            # whatever it holds (UTF-8 takes at most 4 bytes a character): such a frame, the
+            # common case, is checked and decoded here; anything else goes through `_guard`.
+            quick_chars = -1
+            if decode is not None and self.wire == "json":
+                quick_chars = self.limits.max_message_bytes // 4
             while True:
                 inbox = self._inbox
                 message = await receive() if inbox is None else await inbox.get()
@@ -587,9 +599,22 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 self._last_inbound = now = monotonic()
                 if outbox.closing:
                     continue  # closing: what the peer still sends is not served
-                data = guard(message, now)
-                if data is _INVALID:
-                    continue
+                text = message.get("text")
+                if text is not None and len(text) <= quick_chars:
+                    if bucket is not None and not bucket.take(now):
+                        self._rate_limited(bucket)
+                        continue
+                    try:
+                        data = decode(text)  # type: ignore[misc]  # quick_chars < 0 without a decoder
+                    except msgspec.DecodeError as exc:
+                        self._undecodable(text, exc)
+                        continue
+                    else:
+                        self._limited_in_row = self._invalid_in_row = 0
+                else:
+                    data = guard(message, now)
+                    if data is _INVALID:
+                        continue
                 self._handling_since = now
                 if not self._watching and self.limits.stall_check_interval is not None:
                     self._start_watch()
@@ -628,11 +653,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         bucket = self._bucket
         if bucket is not None:
             if not bucket.take(now):
-                self._limited_in_row += 1
-                if self._limited_in_row >= limits.max_rate_violations:
-                    self._request_close(1008, "rate limit exceeded")
-                else:
-                    self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", None)
+                self._rate_limited(bucket)
                 return _INVALID
             self._limited_in_row = 0
         decode = self._decode
@@ -644,12 +665,24 @@ class RealtimeEndpoint(WebSocketEndpoint):
         try:
             data = decode(raw)
         except msgspec.DecodeError as exc:
-            kind, ref = Codec.probe(raw, self.wire)
-            if kind == "heartbeat":
-                return _INVALID  # a client's sign of life: it reset the idle timer, nothing more
-            return self._invalid(str(exc), ref)
+            self._undecodable(raw, exc)
+            return _INVALID
         self._invalid_in_row = 0
         return data
+
+    def _rate_limited(self, bucket: TokenBucket) -> None:
+        """Answer a frame over the rate: an error frame, or a close after too many in a row."""
+        self._limited_in_row += 1
+        if self._limited_in_row >= self.limits.max_rate_violations:
+            self._request_close(1008, "rate limit exceeded")
+        else:
+            self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", None)
+
+    def _undecodable(self, raw: str | bytes, exc: msgspec.DecodeError) -> None:
+        """Answer a frame the decoder refused with an error frame, unless it is a heartbeat."""
+        kind, ref = Codec.probe(raw, self.wire)
+        if kind != "heartbeat":  # a heartbeat is a sign of life: it reset the idle timer
+            self._invalid(str(exc), ref)
 
     def _invalid(self, detail: str, ref: Ref) -> object:
         self._invalid_in_row += 1

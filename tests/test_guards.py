@@ -20,6 +20,7 @@ from starlette.routing import Mount
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from rtkit import EchoEndpoint, Hub, Limits, RealtimeEndpoint, RealtimeRouter, TopicEndpoint
 from rtkit.auth import JWTAuthenticator, create_token
@@ -246,6 +247,27 @@ async def test_over_the_rate_an_error_frame_then_sustained_abuse_closes_1008(ser
         kinds = [f["type"] if f["type"] != "error" else f["code"] for f in frames]
         assert kinds[:5] == ["subscribed"] * 5
         assert kinds[5:] == ["rate_limited"] * 4  # the 5th refusal in a row closes instead
+
+
+async def test_the_rate_limit_holds_for_messagepack_frames_too(server: LiveServer) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    url = server.ws_url("/ws/topics")
+    async with Witness(server), connect(url, subprotocols=[Subprotocol("rtkit.msgpack")]) as ws:
+        assert ws.subprotocol == "rtkit.msgpack"
+        for n in range(40):
+            await ws.send(msgspec.msgpack.encode({"type": "subscribe", "topic": f"t{n % 2}", "ref": n}))
+        kinds: list[str] = []
+        close: tuple[int, str] | None = None
+        with anyio.fail_after(10):
+            try:
+                while True:
+                    frame = msgspec.msgpack.decode(await ws.recv(decode=False))
+                    kinds.append(frame["type"] if frame["type"] != "error" else frame["code"])
+            except ConnectionClosed as closed:
+                close = (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None
+        assert close == (1008, "rate limit exceeded")
+        assert kinds == ["subscribed"] * 5 + ["rate_limited"] * 4
 
 
 async def test_invalid_frames_in_a_row_close_1008_but_not_when_interleaved(server: LiveServer) -> None:
