@@ -11,6 +11,7 @@ __all__ = ["PROFILES", "ProfileName", "Settings"]
 ProfileName: TypeAlias = Literal["full", "quick", "smoke"]
 
 E2E_CONTENDERS = ("rtkit", "raw-asgi", "starlette", "fastapi-tutorial")
+BROADCAST_EXTRAS = ("rtkit-router",)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +28,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     hub_seconds: float
     # end to end
     e2e_contenders: tuple[str, ...] = E2E_CONTENDERS
+    broadcast_extras: tuple[str, ...] = BROADCAST_EXTRAS
+    """More contenders for the healthy broadcasts only (rtkit served another way)."""
     e2e_repeats: int
     e2e_seconds: float
     """Measured seconds of one load run (after its warm-up)."""

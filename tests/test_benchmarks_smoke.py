@@ -100,6 +100,12 @@ def test_e2e(report: Report) -> None:
         stalled = section.find("broadcast-stalled", param, contender)
         assert stalled is not None
         assert "server_rss_peak_mib" in stalled.metrics
+    for extra in SMOKE.broadcast_extras:  # rtkit served without a host app: broadcasts only
+        broadcast = section.find("broadcast", f"{SMOKE.broadcast_members[0]} members", extra)
+        assert broadcast is not None
+        assert broadcast.checks == {"exact_delivery": True}
+        assert section.find("echo", f"{SMOKE.echo_connections[0]} connections", extra) is None
+        assert any(r.contender == extra and r.baseline == "raw-asgi" for r in section.ratios)
     targets = {(r.case, r.baseline, r.target) for r in section.ratios if r.target is not None}
     assert ("echo", "raw-asgi", 0.9) in targets
     assert ("broadcast", "raw-asgi", 0.85) in targets
@@ -144,7 +150,7 @@ def test_apps_serve_the_same_protocol(name: str) -> None:
             client.websocket_connect("/ws/chat/r?name=a") as a,
             client.websocket_connect("/ws/chat/r?name=b") as b,
         ):
-            if name == "rtkit":
+            if name.startswith("rtkit"):
                 assert b.receive_json()["type"] == "welcome"  # b is subscribed before a speaks
             a.send_text('{"type":"say","text":"m1"}')
             for ws in (a, b):

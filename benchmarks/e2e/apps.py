@@ -12,6 +12,8 @@ The contenders:
 - ``rtkit``: a typed echo endpoint as users write one (``inbound = Say``, ``on_say`` sends the
   message back) and ``ChatEndpoint``, on a ``RealtimeRouter`` mounted in Starlette (as the demo
   app does), memory hub;
+- ``rtkit-router``: the same endpoints with the ``RealtimeRouter`` itself as the server's app
+  (no host app, so no middleware wraps ``send``); measured in the healthy broadcasts only;
 - ``raw-asgi``: a framework-free ASGI app, the floor of the stack: msgspec decode, encode once,
   one shared event dict sent to each member in turn;
 - ``starlette``: ``WebSocketEndpoint`` classes with stdlib ``json`` and a global set of sockets;
@@ -236,6 +238,18 @@ class TypedEcho(RealtimeEndpoint):
         await self.send_message(message)
 
 
+def _rtkit_router(hub: Any = None) -> Any:
+    """The two endpoints on a ``RealtimeRouter``, with the limits ``rtkit_app`` explains."""
+    from rtkit import ChatEndpoint, RealtimeRouter
+    from rtkit.limits import Limits
+
+    limits = Limits(rate=None, max_connections=None)
+    router = RealtimeRouter(hub=hub)
+    router.add("/echo", TypedEcho, name="echo", limits=limits)
+    router.add("/chat/{room}", ChatEndpoint, name="chat", limits=limits)
+    return router
+
+
 def rtkit_app(hub: Any = None) -> ASGIApp:
     """rtkit's typed echo and ``ChatEndpoint`` on a ``RealtimeRouter``, mounted as users do.
 
@@ -248,13 +262,7 @@ def rtkit_app(hub: Any = None) -> ASGIApp:
     """
     from starlette.routing import Mount
 
-    from rtkit import ChatEndpoint, RealtimeRouter
-    from rtkit.limits import Limits
-
-    limits = Limits(rate=None, max_connections=None)
-    router = RealtimeRouter(hub=hub)
-    router.add("/echo", TypedEcho, name="echo", limits=limits)
-    router.add("/chat/{room}", ChatEndpoint, name="chat", limits=limits)
+    router = _rtkit_router(hub)
     return Starlette(routes=[Mount("/ws", app=router)], lifespan=router.lifespan)
 
 
@@ -262,8 +270,29 @@ def _rtkit() -> ASGIApp:
     return rtkit_app()
 
 
+def _rtkit_served_bare() -> ASGIApp:
+    """The same endpoints with the ``RealtimeRouter`` itself as the server's app, no host app.
+
+    A host Starlette app's exception middleware wraps every ``send`` of what it mounts in a
+    closure of its own, one per connection, which a broadcast then calls member by member.
+    """
+    return _under_prefix(_rtkit_router(), "/ws")
+
+
+def _under_prefix(app: Any, prefix: str) -> ASGIApp:
+    """Serve ``app`` under ``prefix`` (as ``root_path``, as a Mount does) without wrapping ``send``."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope = {**scope, "root_path": scope.get("root_path", "") + prefix}
+        await app(scope, receive, send)
+
+    return serve
+
+
 APPS: dict[str, Callable[[], ASGIApp]] = {
     "rtkit": _rtkit,
+    "rtkit-router": _rtkit_served_bare,
     "raw-asgi": _raw_asgi,
     "starlette": _starlette,
     "fastapi-tutorial": _fastapi_tutorial,

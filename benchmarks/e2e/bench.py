@@ -188,7 +188,7 @@ def _one_repeat(settings: Settings, contenders: list[str], repeat: int, pin: boo
             spec = _spec(settings, server, pin, **fields)
         else:
             # Only rtkit's ChatEndpoint says when a member is subscribed.
-            welcome = app == "rtkit"
+            welcome = app.startswith("rtkit")
             spec = _broadcast_spec(settings, server, pin, broadcast, welcome=welcome, room=room, **fields)
         out.record(key, functools.partial(run_client, spec))
 
@@ -197,7 +197,7 @@ def _one_repeat(settings: Settings, contenders: list[str], repeat: int, pin: boo
             for app in contenders:
                 record(("echo", f"{n} connections", app), scenario="echo", connections=n)
         for n in settings.broadcast_members:
-            for app in contenders:
+            for app in [*contenders, *settings.broadcast_extras]:
                 record(("broadcast", f"{n} members", app), broadcast=n, room=f"b{n}-r{repeat}")
         for app in contenders:
             key = ("broadcast-large", _large(settings), app)
@@ -286,6 +286,17 @@ def _ratios(section: Section, settings: Settings) -> None:
             add_ratio(
                 section, case="broadcast", param=param, metric="server_cpu_us_per_delivery", baseline=baseline
             )
+        for extra in settings.broadcast_extras:
+            # rtkit served without a host app, against the floor and against rtkit mounted.
+            for baseline in ("raw-asgi", "rtkit"):
+                add_ratio(
+                    section,
+                    case="broadcast",
+                    param=f"{n} members",
+                    metric="deliveries_per_s",
+                    baseline=baseline,
+                    contender=extra,
+                )
     stalled = _stalled(settings)
     add_ratio(
         section,
