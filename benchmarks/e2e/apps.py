@@ -37,8 +37,10 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
+from rtkit import ChatEndpoint, RealtimeRouter
 from rtkit._types import ASGIApp, Receive, Scope, Send
 from rtkit.endpoint import RealtimeEndpoint
+from rtkit.limits import Limits
 from rtkit.messages import Say
 
 __all__ = ["APPS", "TypedEcho", "build", "rtkit_app"]
@@ -238,11 +240,8 @@ class TypedEcho(RealtimeEndpoint):
         await self.send_message(message)
 
 
-def _rtkit_router(hub: Any = None) -> Any:
+def _rtkit_router(hub: Any = None) -> RealtimeRouter:
     """The two endpoints on a ``RealtimeRouter``, with the limits ``rtkit_app`` explains."""
-    from rtkit import ChatEndpoint, RealtimeRouter
-    from rtkit.limits import Limits
-
     limits = Limits(rate=None, max_connections=None)
     router = RealtimeRouter(hub=hub)
     router.add("/echo", TypedEcho, name="echo", limits=limits)
@@ -279,7 +278,7 @@ def _rtkit_served_bare() -> ASGIApp:
     return _under_prefix(_rtkit_router(), "/ws")
 
 
-def _under_prefix(app: Any, prefix: str) -> ASGIApp:
+def _under_prefix(app: ASGIApp, prefix: str) -> ASGIApp:
     """Serve ``app`` under ``prefix`` (as ``root_path``, as a Mount does) without wrapping ``send``."""
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
