@@ -169,7 +169,7 @@ def render_markdown(report: Report) -> str:
 # -- chart ------------------------------------------------------------------------------------
 
 _ROW = 22
-_LABEL_WIDTH = 640
+_LABEL_WIDTH = 780  # room for the longest label (a case compared with another of its own)
 _PLOT_WIDTH = 420
 _LOG_MIN, _LOG_MAX = -3.0, 5.0  # log2 of the axis ends: 1/8x to 32x
 
