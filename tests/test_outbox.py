@@ -333,25 +333,6 @@ async def test_an_eager_send_runs_in_the_connection_context_not_the_callers() ->
         outbox.close(1000)
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.anyio
-async def test_eager_off_leaves_every_send_to_the_writer() -> None:
-    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect", eager=False)
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(outbox.drain, send)
-        await anyio.wait_all_tasks_blocked()
-        outbox.put(event(1), 1)
-        assert sent == []
-        await anyio.wait_all_tasks_blocked()
-        assert [m["text"] for m in sent] == ["1"]
-        outbox.close(1000)
-
-
 # -- the writer starts when first needed --------------------------------------------------------
 
 
@@ -472,22 +453,24 @@ async def test_a_send_that_waits_twice_is_carried_through_both_waits() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("writer", ["started on demand", "already parked"])
 @pytest.mark.anyio
-async def test_an_outbox_with_eager_off_never_sends_from_the_caller() -> None:
+async def test_an_outbox_with_eager_off_never_sends_from_the_caller(writer: str) -> None:
     outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect", eager=False)
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
+    socket = _Socket()
 
     assert not outbox.eager_capable
     async with anyio.create_task_group() as tg:
-        writers = _Writers(tg, outbox, send)
-        outbox.attach(send, writers)
+        writers = _Writers(tg, outbox, socket)
+        if writer == "started on demand":
+            outbox.attach(socket, writers)
+        else:
+            writers()  # a writer draining on its own, parked for want of frames
+            await anyio.wait_all_tasks_blocked()
         assert not outbox.eager_active
         outbox.put(event(1), 1)
-        assert sent == []  # queued; the writer it starts sends it
+        assert socket.sent == []  # queued; the writer sends it
         assert writers.started == 1
         await anyio.wait_all_tasks_blocked()
-        assert [m["text"] for m in sent] == ["1"]
+        assert socket.sent == ["1"]
         outbox.close(1000)
