@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check lint bench clean
+.PHONY: help install run test check lint bench profile clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: $(STAMP) ## apply ruff's fixes and formatting
 
 bench: $(STAMP) ## run the benchmarks (results in benchmarks/results/)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+profile: $(STAMP) ## sample the echo servers with py-spy: where each one's time goes (benchmarks/results/profile/)
+	$(BIN)/python -m benchmarks.sampling $(ARGS)
 
 clean: ## remove the venv, caches and results
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov benchmarks/results

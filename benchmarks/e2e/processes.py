@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -47,23 +50,47 @@ class ServerProcess:
         app: the contender's name (see ``benchmarks.e2e.apps``).
         cpu: the core to pin it to, or None.
         extra: more command-line arguments for ``benchmarks.e2e.server``.
+        wrapper: a command that runs the server as its child and ends when it does
+            (``py-spy record ... --``); ``pid`` is then the server's, not the wrapper's.
     """
 
-    def __init__(self, app: str, *, cpu: int | None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, app: str, *, cpu: int | None, extra: list[str] | None = None, wrapper: Sequence[str] = ()
+    ) -> None:
         self.app = app
-        self.args = [sys.executable, "-m", "benchmarks.e2e.server", "--app", app]
+        self.args = [*wrapper, sys.executable, "-m", "benchmarks.e2e.server", "--app", app]
         if cpu is not None:
             self.args += ["--cpu", str(cpu)]
         self.args += extra or []
         self.port = 0
+        self.wrapper_exit: int | None = None
+        """How the wrapper ended, once stopped (None without a wrapper)."""
+        self.stderr_tail = ""
+        """The end of what the server (and its wrapper) wrote to stderr, once stopped."""
+        self._wrapped = bool(wrapper)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._server_pid: int | None = None
         self._log = Path(tempfile.mkstemp(prefix=f"rtkit-bench-{app}-", suffix=".log")[1])
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
+        """The server process's id."""
+        if self._proc is None or self._server_pid is None:
             raise BenchProcessError("the server is not running")
-        return self._proc.pid
+        return self._server_pid
+
+    def _find_server(self, proc: subprocess.Popen[bytes]) -> int:
+        if not self._wrapped:
+            return proc.pid
+        import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
+
+        wrapper = psutil.Process(proc.pid)
+        # The wrapper's own command line names the server too; it may also exec the server in
+        # its own place, so it is the last resort.
+        for candidate in (*wrapper.children(recursive=True), wrapper):
+            if "benchmarks.e2e.server" in candidate.cmdline():
+                return int(candidate.pid)
+        raise BenchProcessError(f"no server process under {self.args[0]!r}")
 
     def start(self) -> ServerProcess:
         """Start the process; returns once it accepts connections."""
@@ -82,6 +109,11 @@ class ServerProcess:
                 line = stdout.readline()
                 if line.startswith(b"PORT "):
                     self.port = int(line.split()[1])
+                    try:
+                        self._server_pid = self._find_server(self._proc)
+                    except BaseException:
+                        self.stop()
+                        raise
                     return self
         code = self._proc.poll()
         errors = _tail(self._log)  # read before stop() removes the log
@@ -92,16 +124,31 @@ class ServerProcess:
     def stop(self) -> None:
         """Terminate the process (killed if it lingers: a stalled socket can hold a shutdown)."""
         proc, self._proc = self._proc, None
+        server, self._server_pid = self._server_pid, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if self._wrapped and server is not None:
+            # End the server; the wrapper ends with it, after writing what it has (py-spy
+            # writes its samples then).
+            for signum, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 20)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server, signum)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.wrapper_exit = proc.wait(wait)
+                    break
+            else:
+                proc.kill()
+                self.wrapper_exit = proc.wait(5)
+        else:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         if proc.stdout is not None:
             proc.stdout.close()
+        self.stderr_tail = _tail(self._log)
         self._log.unlink(missing_ok=True)
 
     def __enter__(self) -> ServerProcess:
