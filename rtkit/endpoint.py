@@ -12,8 +12,8 @@ One instance serves one connection, as in Starlette. The life of a connection:
    gets an error frame and the socket stays. Frames for the socket are sent at once when it
    can take them (see ``rtkit._outbox``); a writer task, started when first needed, sends
    the ones that have to wait;
-4. ``on_disconnect`` runs once, whatever ended the connection, and the connection leaves every
-   hub channel it had joined.
+4. ``on_disconnect`` runs once, whatever ended the connection (for at most 5 s, then it is
+   cancelled), and the connection leaves every hub channel it had joined, in any case.
 
 An exception escaping user code closes that socket with 1011 and is logged with its traceback;
 other sockets are not affected. The guards and their answers are listed in ``rtkit.limits``.
@@ -70,7 +70,8 @@ Action: TypeAlias = Literal["subscribe", "publish", "join"]
 _INVALID = object()
 _NON_IDENTIFIER = re.compile(r"\W")
 _HEARTBEAT = Frame(encode(Heartbeat()))
-# How long cleanup (on_disconnect, leaving channels) may take while the server shuts down.
+# How long on_disconnect may take, and then leaving the channels (a deadline each), also while
+# the server shuts down.
 _CLEANUP_TIMEOUT = 5.0
 _DENIAL_EXTENSION = "websocket.http.response"
 
@@ -256,7 +257,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
         """Handle a message no ``on_<tag>`` method claims. Override it to use it."""
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
-        """Called once when the connection ends, however it ended."""
+        """Called once when the connection ends, however it ended; cancelled after 5 s.
+
+        The connection leaves its hub channels after this returns (or is cancelled), so it can
+        still read ``hub.channels_of(self)`` here.
+        """
 
     async def on_authorize(self, action: Action, name: str) -> bool:
         """May ``self.principal`` ``subscribe`` to, ``publish`` on or ``join`` ``name``?
@@ -291,7 +296,13 @@ class RealtimeEndpoint(WebSocketEndpoint):
             subprotocol = JSON_SUBPROTOCOL
         elif BEARER_SUBPROTOCOL in offered:
             subprotocol = BEARER_SUBPROTOCOL
-        await self.websocket.accept(subprotocol=subprotocol, headers=headers)
+        try:
+            await self.websocket.accept(subprotocol=subprotocol, headers=headers)
+        except OSError as exc:
+            # The peer left during the handshake (uvicorn raises an OSError then): a disconnect
+            # like any other, not a fault of the app.
+            self.websocket.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnect(1006) from exc
 
     async def send_message(self, message: Any) -> None:
         """Queue ``message`` (a Struct or any msgspec-encodable value) for this socket.
@@ -387,6 +398,9 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 # Not a fault of this server's code: the backend is out of reach for now.
                 logger.warning("%s: backend unavailable during on_connect: %s", type(self).__name__, exc)
                 close_code = await self._unavailable(websocket)
+                return
+            except WebSocketDisconnect as exc:
+                close_code = exc.code  # the peer left during the handshake
                 return
             except Exception:
                 close_code = await self._fail("on_connect")
@@ -723,11 +737,20 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 self.metrics.open_by_principal[self.principal.id] -= 1
                 if self.metrics.open_by_principal[self.principal.id] <= 0:
                     del self.metrics.open_by_principal[self.principal.id]
-        with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
-            try:
-                await self.on_disconnect(websocket, close_code)
-            except Exception:
-                logger.exception("%s: unhandled exception in on_disconnect", type(self).__name__)
-            finally:
-                if self._hub is not None:
+        try:
+            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True) as scope:
+                try:
+                    await self.on_disconnect(websocket, close_code)
+                except Exception:
+                    logger.exception("%s: unhandled exception in on_disconnect", type(self).__name__)
+            if scope.cancelled_caught:
+                logger.warning(
+                    "%s: on_disconnect overran %ss and was cancelled", type(self).__name__, _CLEANUP_TIMEOUT
+                )
+        finally:
+            # A deadline of its own: an on_disconnect that used up the first must not leave the
+            # connection in its channels. (The hub drops it from every channel before it awaits
+            # the backend, so even this deadline cannot leave it behind.)
+            if self._hub is not None:
+                with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
                     await self._hub.unsubscribe_all(self)

@@ -10,6 +10,7 @@ by its own policy, so one slow socket cannot hold up a channel.
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 from collections.abc import Callable
 from types import TracebackType
@@ -28,6 +29,7 @@ from rtkit.metrics import Metrics
 
 __all__ = ["Hub", "Subscriber", "new_token"]
 
+logger = logging.getLogger("rtkit")
 _TOKEN_BYTES = 8
 _NO_ORIGIN = bytes(_TOKEN_BYTES)
 # A random high half per process keeps tokens from two processes apart; the counter keeps
@@ -242,23 +244,56 @@ class Hub:
             await self._release(channel, state)
 
     async def unsubscribe_all(self, subscriber: Subscriber) -> None:
-        """Remove ``subscriber`` from every channel (done for each socket as it closes)."""
+        """Remove ``subscriber`` from every channel (done for each socket as it closes).
+
+        The subscriber leaves every channel before the first await, so it is gone from all of
+        them even if this call is cancelled (a cleanup deadline); the channels it leaves empty
+        are then released at the backend together, not one confirmation after another. A
+        backend that fails to release one is logged as a warning, not raised.
+        """
         if not self._started:
             return
-        for channel in list(self._subscriptions.get(subscriber.token, ())):
-            await self.unsubscribe(channel, subscriber)
+        channels = self._subscriptions.pop(subscriber.token, None)
+        if not channels:
+            return
+        emptied: list[tuple[str, _Channel]] = []
+        for channel in channels:
+            state = self._channels.get(channel)
+            if state is None or state.members.pop(subscriber.token, None) is None:
+                continue
+            del state.offers[subscriber.token]
+            if not state.members and not state.pending:
+                emptied.append((channel, state))
+        if len(emptied) == 1:
+            await self._release_quietly(*emptied[0])
+        elif emptied:
+            async with anyio.create_task_group() as tg:
+                for channel, state in emptied:
+                    tg.start_soon(self._release_quietly, channel, state)
+
+    async def _release_quietly(self, channel: str, state: _Channel) -> None:
+        # The subscriber has left whatever the backend answers: a failure to release a channel
+        # there is worth a warning, not an exception out of a socket's cleanup.
+        try:
+            await self._release(channel, state)
+        except Exception as exc:
+            logger.warning("could not release channel %r at the backend: %r", channel, exc)
 
     async def _release(self, channel: str, state: _Channel) -> None:
         async with state.lock:
             if state.members or state.pending:
                 return  # somebody subscribed while we waited for the lock
-            if state.active:
-                state.active = False
-                await self.backend.unsubscribe(channel)
-            # Someone may have come while the backend unsubscribed: they wait for this lock and
-            # will subscribe again on the same state, which must stay where deliveries find it.
-            if not state.members and not state.pending and self._channels.get(channel) is state:
-                del self._channels[channel]
+            try:
+                if state.active:
+                    state.active = False
+                    await self.backend.unsubscribe(channel)
+            finally:
+                # Also when the backend's unsubscribe failed or was cancelled: an empty channel
+                # must not stay behind. Someone may have come meanwhile: they wait for this lock
+                # and will subscribe again on the same state, which must stay where deliveries
+                # find it.
+                if not state.members and not state.pending and self._channels.get(channel) is state:
+                    del self._channels[channel]
 
     def subscriber_count(self, channel: str) -> int:
         """How many local subscribers ``channel`` has."""

@@ -366,3 +366,26 @@ async def test_a_server_that_refuses_frames_ends_the_connection_quietly(
         await Calculator(websocket_scope("/calc"), receive, send)
     assert events == [("disconnect", 1006)]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.anyio
+async def test_a_peer_that_leaves_during_the_handshake_is_a_disconnect_not_a_fault(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn answers the accept of a peer that already left with ClientDisconnected."""
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    assert issubclass(ClientDisconnected, OSError)
+    events.clear()
+
+    async def send(message: Message) -> None:
+        if message["type"] == "websocket.accept":
+            raise ClientDisconnected
+
+    endpoint = Calculator(websocket_scope("/calc"), scripted_receive(), send)
+    closes_before = endpoint.metrics.closes[1006]
+    with caplog.at_level(logging.WARNING), anyio.fail_after(5):
+        await endpoint
+    assert events == [("disconnect", 1006)]
+    assert endpoint.metrics.closes[1006] == closes_before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import anyio
 import msgspec
 import pytest
 from anyio.from_thread import BlockingPortal
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from rtkit import ChatEndpoint, EchoEndpoint, Hub, RealtimeRouter, TopicEndpoint
+from rtkit import ChatEndpoint, EchoEndpoint, Hub, MemoryBackend, RealtimeRouter, TopicEndpoint
 
 
 class QuietChat(ChatEndpoint):
@@ -182,3 +184,56 @@ def test_publish_data_is_forwarded_as_sent_on_both_wires(client: TestClient) -> 
         assert plain.receive_json() == {"type": "event", "topic": "w", "data": None}
         assert plain.receive_json() == {"type": "event", "topic": "w", "data": {"x": [1.5]}}
         assert plain.receive_json() == {"type": "event", "topic": "w", "data": "  spaced"}
+
+
+def test_messagepack_data_without_a_json_form_gets_an_error_frame(client: TestClient) -> None:
+    # An extension type is valid MessagePack, but the hub carries JSON: bad input, not a fault.
+    with (
+        client.websocket_connect("/topics/x") as plain,
+        client.websocket_connect("/topics", subprotocols=["rtkit.msgpack"]) as packed,
+    ):
+        odd = msgspec.msgpack.Ext(5, b"x")
+        packed.send_bytes(msgspec.msgpack.encode({"type": "publish", "topic": "x", "data": odd, "ref": 7}))
+        error = msgspec.msgpack.decode(packed.receive_bytes())
+        assert error["type"] == "error"
+        assert error["code"] == "invalid_message"
+        assert error["ref"] == 7
+        assert "no JSON form" in error["detail"]
+        # The socket stays open and the next publish goes through.
+        packed.send_bytes(msgspec.msgpack.encode({"type": "publish", "topic": "x", "data": [1], "ref": 8}))
+        assert msgspec.msgpack.decode(packed.receive_bytes()) == {"type": "published", "topic": "x", "ref": 8}
+        assert plain.receive_json() == {"type": "event", "topic": "x", "data": [1]}
+
+
+def test_an_on_disconnect_that_overruns_its_deadline_still_leaves_every_channel(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("rtkit.endpoint._CLEANUP_TIMEOUT", 0.2)
+    topics = ["a", "b", "c"]
+    released: list[str] = []
+    all_released = threading.Event()
+
+    class Recording(MemoryBackend):
+        async def unsubscribe(self, channel: str) -> None:
+            await super().unsubscribe(channel)
+            released.append(channel)
+            if len(released) == len(topics):
+                all_released.set()
+
+    class Stuck(TopicEndpoint):
+        async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+            await anyio.sleep_forever()
+
+    own_hub = Hub(Recording())
+    router = RealtimeRouter(hub=own_hub)
+    router.add("/topics", Stuck)
+    app = Starlette(routes=router.routes, lifespan=router.lifespan)
+    with TestClient(app) as own_client:
+        with own_client.websocket_connect("/topics") as ws:
+            for topic in topics:
+                ws.send_json({"type": "subscribe", "topic": topic})
+                assert ws.receive_json()["type"] == "subscribed"
+            assert own_hub.channel_count == len(topics)
+        assert all_released.wait(10), f"released only {released}"
+        assert own_hub.channel_count == 0
+    assert "Stuck: on_disconnect overran 0.2s and was cancelled" in caplog.text

@@ -113,6 +113,62 @@ async def test_unsubscribe_all_leaves_every_channel() -> None:
     await hub.unsubscribe_all(subscriber)  # after shutdown: nothing to do, no error
 
 
+async def test_a_cancelled_unsubscribe_all_still_leaves_every_channel() -> None:
+    # The backend never confirms an unsubscribe (Redis out of reach, say) and the caller's
+    # deadline cancels the wait: the subscriber must be out of every channel all the same,
+    # and the channels it emptied must not stay behind.
+    channels = [f"c{i}" for i in range(8)]
+    entered: list[str] = []
+    all_entered = anyio.Event()
+
+    class NeverConfirms(MemoryBackend):
+        async def unsubscribe(self, channel: str) -> None:
+            entered.append(channel)
+            if len(entered) == len(channels) - 1:  # c0 keeps a member: it is not released
+                all_entered.set()
+            await anyio.sleep_forever()
+
+    async with Hub(NeverConfirms()) as hub:
+        leaving, staying = Recorder(), Recorder()
+        for channel in channels:
+            await hub.subscribe(channel, leaving)
+        await hub.subscribe("c0", staying)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.unsubscribe_all, leaving)
+                # The emptied channels are released together, not one after another: all of
+                # them reach the backend although none is ever confirmed.
+                await all_entered.wait()
+                tg.cancel_scope.cancel()
+        assert sorted(entered) == channels[1:]
+        assert hub.channels_of(leaving) == frozenset()
+        assert hub.channel_count == 1  # only c0, which `staying` still holds
+        for channel in channels:
+            await hub.publish(channel, channel)
+        assert leaving.frames == []
+        assert staying.decoded() == ["c0"]
+
+
+async def test_a_failing_backend_unsubscribe_is_logged_and_the_channel_freed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Failing(MemoryBackend):
+        async def unsubscribe(self, channel: str) -> None:
+            raise OSError("connection reset")
+
+    async with Hub(Failing()) as hub:
+        subscriber = Recorder()
+        for channel in ("a", "b"):
+            await hub.subscribe(channel, subscriber)
+        await hub.unsubscribe_all(subscriber)
+        assert hub.channel_count == 0
+        assert hub.channels_of(subscriber) == frozenset()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sorted(warnings) == [
+        f"could not release channel {c!r} at the backend: OSError('connection reset')" for c in ("a", "b")
+    ]
+
+
 async def test_only_accepted_frames_count_as_delivered() -> None:
     async with Hub() as hub:
         full, fine = Recorder(accept=False), Recorder()

@@ -498,3 +498,39 @@ async def test_publish_state_stays_bounded_across_many_channels(
     finally:
         await publisher.shutdown()
         await listener.shutdown()
+
+
+async def test_subscribes_that_fail_during_an_outage_leave_nothing_behind(
+    redis_server: RedisServer,
+) -> None:
+    # Clients may retry subscribes as often as they like while Redis is down: each failed
+    # attempt must be forgotten, or a long outage grows memory without bound.
+    backend = _backend(redis_server.url, unique_prefix())
+    await backend.startup(Recorder())
+    subscriber = backend._subscriber
+    assert subscriber is not None
+    redis_server.kill()
+    with anyio.fail_after(HEALTH_BOUND + SLACK):
+        await poll(lambda: backend.health().state == "down")
+    failures: list[BaseException] = []
+
+    async def attempt(channel: str) -> None:
+        try:
+            await backend.subscribe(channel)
+        except BackendUnavailableError as exc:
+            failures.append(exc)
+
+    with anyio.fail_after(TIMEOUT * 4 + SLACK):
+        async with anyio.create_task_group() as tg:
+            for n in range(50):
+                tg.start_soon(attempt, f"c{n % 10}")  # ten channels, five attempts each
+    assert len(failures) == 50
+    assert subscriber._orphans == {}
+    assert subscriber._wanted == {}
+    # Redis comes back: nothing of the failed attempts is subscribed, and a new one works.
+    await redis_server.restart()
+    with anyio.fail_after(5):
+        await poll(lambda: backend.health().state == "up")
+    await backend.subscribe("after")
+    assert set(subscriber._wanted.values()) == {"after"}
+    await backend.shutdown()

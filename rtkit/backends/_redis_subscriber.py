@@ -227,6 +227,13 @@ class Subscriber:
         except BaseException as exc:
             if key not in self._active:
                 self._wanted.pop(key, None)
+            # A subscribe that gave up while Redis was out of reach must not leave its waiter
+            # behind: clients may retry as often as they like during a long outage.
+            orphans = self._orphans.get(key)
+            if orphans is not None and waiter in orphans:
+                orphans.remove(waiter)
+                if not orphans:
+                    del self._orphans[key]
             if isinstance(exc, TimeoutError):
                 raise BackendUnavailableError(
                     f"Redis did not confirm the subscription to {channel!r} within "

@@ -98,9 +98,18 @@ class TopicEndpoint(RealtimeEndpoint):
         """Deliver ``event`` to the topic's subscribers; answer ``published`` if given a ``ref``."""
         if not await self.check("publish", message.topic, message.ref):
             return
+        channel = topic_channel(message.topic)
         data: Any = message.data  # JSON bytes, embedded in the event as they came
         if self.wire == "msgpack" and data is not NO_DATA:
-            data = msgspec.msgpack.decode(data)  # the hub carries JSON: decode it once here
-        await self.publish(topic_channel(message.topic), Event(topic=message.topic, data=data))
+            # The hub carries JSON: decode the MessagePack once here. Valid MessagePack may
+            # still have no JSON form (an extension type): that is the peer's bad input.
+            try:
+                payload = encode(Event(topic=message.topic, data=msgspec.msgpack.decode(data)))
+            except (msgspec.MsgspecError, TypeError, ValueError) as exc:
+                await self.send_error("invalid_message", f"data has no JSON form: {exc}", ref=message.ref)
+                return
+            await self.hub.publish_encoded(channel, payload)
+        else:
+            await self.publish(channel, Event(topic=message.topic, data=data))
         if message.ref is not None:
             await self.send_message(Published(topic=message.topic, ref=message.ref))
