@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import get_args
 
 import msgspec
@@ -23,47 +23,80 @@ def _off_if_zero(value: float) -> float | None:
     return value if value > 0 else None
 
 
+def _at_least_one(text: str) -> int:
+    """A count or size that cannot be turned off: 0 would refuse everything."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _zero_or_more(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """A limit where 0 means off; a negative value is a mistake."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 (off) or more, not {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
-    group = serve.add_argument_group("limits of every WebSocket route (0 turns a limit off)")
+    group = serve.add_argument_group("limits of every WebSocket route ('0: off' where a flag says so)")
     group.add_argument(
         "--max-message-bytes",
-        type=int,
+        type=_at_least_one,
         default=_DEFAULTS.max_message_bytes,
         help="largest inbound frame; larger closes 1009",
     )
     group.add_argument(
         "--rate",
-        type=float,
+        type=_zero_or_more(float),
         default=_DEFAULTS.rate,
-        help="inbound frames per second per connection (error frame rate_limited over it)",
+        help="inbound frames per second per connection (error frame rate_limited over it); 0: off",
     )
     group.add_argument(
-        "--burst", type=int, default=_DEFAULTS.burst, help="inbound frames allowed at once above --rate"
+        "--burst",
+        type=_at_least_one,
+        default=_DEFAULTS.burst,
+        help="inbound frames allowed at once above --rate",
     )
     group.add_argument(
         "--max-connections",
-        type=int,
+        type=_zero_or_more(int),
         default=_DEFAULTS.max_connections,
-        help="open connections per process; over it HTTP 503",
+        help="open connections per process; over it HTTP 503; 0: off",
     )
     group.add_argument(
         "--max-connections-per-principal",
-        type=int,
+        type=_zero_or_more(int),
         default=0,
-        help="open connections per authenticated principal",
+        help="open connections per authenticated principal; 0: off",
     )
     group.add_argument(
-        "--max-topics", type=int, default=_DEFAULTS.max_topics, help="topics one connection may subscribe to"
+        "--max-topics",
+        type=_at_least_one,
+        default=_DEFAULTS.max_topics,
+        help="topics one connection may subscribe to",
     )
     group.add_argument(
-        "--idle-timeout", type=float, default=0, help="seconds without an inbound frame before close 1001"
+        "--idle-timeout",
+        type=_zero_or_more(float),
+        default=0,
+        help="seconds without an inbound frame before close 1001; 0: off",
     )
     group.add_argument(
-        "--heartbeat", type=float, default=0, help="seconds between heartbeat frames to each client"
+        "--heartbeat",
+        type=_zero_or_more(float),
+        default=0,
+        help="seconds between heartbeat frames to each client; 0: off",
     )
     group.add_argument(
         "--outbox-bytes",
-        type=int,
+        type=_at_least_one,
         default=_DEFAULTS.outbox_max_bytes,
         help="bytes queued for one socket at most",
     )
@@ -140,7 +173,7 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(
         max_message_bytes=args.max_message_bytes,
         rate=_off_if_zero(args.rate),
-        burst=max(1, args.burst),
+        burst=args.burst,
         max_connections=int(args.max_connections) or None,
         max_connections_per_principal=int(args.max_connections_per_principal) or None,
         max_topics=args.max_topics,

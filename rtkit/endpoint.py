@@ -616,7 +616,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 text = message.get("text")
                 if text is not None and len(text) <= quick_chars:
                     if bucket is not None and not bucket.take(now):
-                        self._rate_limited(bucket)
+                        self._rate_limited(bucket, text)
                         continue
                     try:
                         data = decode(text)  # type: ignore[misc]  # quick_chars < 0 without a decoder
@@ -667,7 +667,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         bucket = self._bucket
         if bucket is not None:
             if not bucket.take(now):
-                self._rate_limited(bucket)
+                self._rate_limited(bucket, raw)
                 return _INVALID
             self._limited_in_row = 0
         decode = self._decode
@@ -675,7 +675,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
             return raw
         if raw is None or (text is None) == (self.wire == "json"):
             expected = "text (JSON)" if self.wire == "json" else "binary (MessagePack)"
-            return self._invalid(f"expected {expected} frames on this connection", None)
+            ref = Codec.probe(raw, self.wire)[1] if raw is not None else None
+            return self._invalid(f"expected {expected} frames on this connection", ref)
         try:
             data = decode(raw)
         except msgspec.DecodeError as exc:
@@ -684,13 +685,18 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._invalid_in_row = 0
         return data
 
-    def _rate_limited(self, bucket: TokenBucket) -> None:
-        """Answer a frame over the rate: an error frame, or a close after too many in a row."""
+    def _rate_limited(self, bucket: TokenBucket, raw: str | bytes | None) -> None:
+        """Answer a frame over the rate: an error frame, or a close after too many in a row.
+
+        The error frame carries the frame's ``ref``, read by a probe: a refused frame is not
+        decoded, but its sender still matches replies by ref.
+        """
         self._limited_in_row += 1
         if self._limited_in_row >= self.limits.max_rate_violations:
             self._request_close(1008, "rate limit exceeded")
         else:
-            self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", None)
+            ref = Codec.probe(raw, self.wire)[1] if raw is not None else None
+            self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", ref)
 
     def _undecodable(self, raw: str | bytes, exc: msgspec.DecodeError) -> None:
         """Answer a frame the decoder refused with an error frame, unless it is a heartbeat."""

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from rtkit import __version__
-from rtkit.cli import build_parser, main
+from rtkit.cli import build_parser, limits_from, main
 
 
 def test_serve_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,6 +35,47 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_defaults_keep_deflate_off() -> None:
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.ws, args.ws_per_message_deflate) == ("127.0.0.1", 8000, "auto", False)
+
+
+@pytest.mark.parametrize("flag", ["--rate", "--max-connections", "--max-connections-per-principal"])
+def test_zero_turns_a_limit_off_where_the_help_says_so(flag: str) -> None:
+    args = build_parser().parse_args(["serve", flag, "0", "--idle-timeout", "0", "--heartbeat", "0"])
+    limits = limits_from(args)
+    field = {"--rate": "rate", "--max-connections": "max_connections"}.get(
+        flag, "max_connections_per_principal"
+    )
+    assert getattr(limits, field) is None
+    assert limits.idle_timeout is None
+    assert limits.heartbeat_interval is None
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--max-message-bytes", "0", "must be 1 or more, not 0"),
+        ("--outbox-bytes", "0", "must be 1 or more, not 0"),
+        ("--max-topics", "0", "must be 1 or more, not 0"),
+        ("--burst", "0", "must be 1 or more, not 0"),
+        ("--rate", "-1", "must be 0 (off) or more, not -1.0"),
+        ("--max-connections", "-5", "must be 0 (off) or more, not -5"),
+        ("--idle-timeout", "x", "invalid float value: 'x'"),
+    ],
+)
+def test_a_limit_that_cannot_be_off_refuses_0_with_a_usage_error(
+    flag: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", flag, value])
+    assert exited.value.code == 2  # argparse's usage error, not a traceback
+    assert f"argument {flag}: {says}" in capsys.readouterr().err
+
+
+def test_limit_flags_reach_the_limits() -> None:
+    argv = ["serve", "--max-message-bytes", "2048", "--burst", "3", "--max-topics", "7"]
+    argv += ["--outbox-bytes", "9999", "--rate", "2.5", "--max-connections", "40"]
+    limits = limits_from(build_parser().parse_args(argv))
+    assert (limits.max_message_bytes, limits.burst, limits.max_topics) == (2048, 3, 7)
+    assert (limits.outbox_max_bytes, limits.rate, limits.max_connections) == (9999, 2.5, 40)
 
 
 def free_port() -> int:

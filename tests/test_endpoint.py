@@ -193,10 +193,11 @@ def test_an_error_frame_carries_the_ref_of_the_bad_request(client: TestClient) -
 
 def test_binary_on_a_json_connection_is_a_peer_error(client: TestClient) -> None:
     with client.websocket_connect("/calc") as ws:
-        ws.send_bytes(b'{"type": "add", "a": 1, "b": 1}')
+        ws.send_bytes(b'{"type": "add", "a": 1, "b": 1, "ref": "r1"}')
         reply = ws.receive_json()
         assert reply["code"] == "invalid_message"
         assert "expected text (JSON) frames" in reply["detail"]
+        assert reply["ref"] == "r1"  # read by a best-effort probe, as for undecodable frames
 
 
 def test_msgpack_subprotocol_uses_binary_frames_both_ways(client: TestClient) -> None:

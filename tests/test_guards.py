@@ -255,6 +255,7 @@ async def test_over_the_rate_an_error_frame_then_sustained_abuse_closes_1008(ser
         kinds = [f["type"] if f["type"] != "error" else f["code"] for f in frames]
         assert kinds[:5] == ["subscribed"] * 5
         assert kinds[5:] == ["rate_limited"] * 4  # the 5th refusal in a row closes instead
+        assert [f.get("ref") for f in frames] == list(range(9))  # a refusal answers its request
 
 
 async def test_the_rate_limit_holds_for_messagepack_frames_too(server: LiveServer) -> None:
@@ -266,16 +267,19 @@ async def test_the_rate_limit_holds_for_messagepack_frames_too(server: LiveServe
         for n in range(40):
             await ws.send(msgspec.msgpack.encode({"type": "subscribe", "topic": f"t{n % 2}", "ref": n}))
         kinds: list[str] = []
+        refs: list[int | None] = []
         close: tuple[int, str] | None = None
         with anyio.fail_after(10):
             try:
                 while True:
                     frame = msgspec.msgpack.decode(await ws.recv(decode=False))
                     kinds.append(frame["type"] if frame["type"] != "error" else frame["code"])
+                    refs.append(frame.get("ref"))
             except ConnectionClosed as closed:
                 close = (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None
         assert close == (1008, "rate limit exceeded")
         assert kinds == ["subscribed"] * 5 + ["rate_limited"] * 4
+        assert refs == list(range(9))
 
 
 async def test_invalid_frames_in_a_row_close_1008_but_not_when_interleaved(server: LiveServer) -> None:
@@ -300,6 +304,9 @@ async def test_topic_names_and_the_topic_limit(server: LiveServer) -> None:
             assert (error["code"], error["ref"]) == ("invalid_topic", bad[:5])
         await send_json(ws, {"type": "publish", "topic": "bad topic", "data": 1})
         assert (await recv_json(ws))["code"] == "invalid_topic"
+        await send_json(ws, {"type": "unsubscribe", "topic": "a*b", "ref": 9})
+        error = await recv_json(ws)
+        assert (error["code"], error["ref"]) == ("invalid_topic", 9)
         for n in range(3):
             await send_json(ws, {"type": "subscribe", "topic": f"ok.{n}/a:b@c-d_e"})
             assert (await recv_json(ws))["type"] == "subscribed"

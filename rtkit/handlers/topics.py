@@ -90,6 +90,10 @@ class TopicEndpoint(RealtimeEndpoint):
 
     async def on_unsubscribe(self, websocket: WebSocket, message: Unsubscribe) -> None:
         """Unsubscribe, then answer ``unsubscribed``: nothing of the topic follows it."""
+        problem = topic_name_error(message.topic)
+        if problem is not None:  # it cannot be subscribed either; say so, as subscribe does
+            await self.send_error("invalid_topic", problem, ref=message.ref)
+            return
         await self.unsubscribe(topic_channel(message.topic))
         self.topics.discard(message.topic)
         await self.send_message(Unsubscribed(topic=message.topic, ref=message.ref))
