@@ -15,6 +15,7 @@ from rtkit.errors import (
     BackendError,
     BackendUnavailableError,
     ConfigurationError,
+    NoMessagePackFormError,
     NotStartedError,
     RtkitError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Limits",
     "MemoryBackend",
     "Metrics",
+    "NoMessagePackFormError",
     "NotStartedError",
     "Outbox",
     "OverflowPolicy",

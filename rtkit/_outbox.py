@@ -320,6 +320,10 @@ class Outbox:
         self.dropped += count
         self.metrics.dropped += count
 
+    def count_dropped(self, count: int) -> None:
+        """Count frames meant for this socket that never reached the outbox."""
+        self._drop(count)
+
     def close(self, code: int, reason: str = "") -> None:
         """Ask the writer to send a close frame after what is queued; later frames are refused."""
         if self._close is None:

@@ -102,7 +102,7 @@ class Codec:
                 probe = _ref_probe_json.decode(data)
             else:
                 probe = _ref_probe_msgpack.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None, None
         return probe.type, probe.ref
 

@@ -52,7 +52,7 @@ from rtkit.codec import (
     encode,
     encode_json,
 )
-from rtkit.errors import BackendUnavailableError, ConfigurationError
+from rtkit.errors import BackendUnavailableError, ConfigurationError, NoMessagePackFormError
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
 from rtkit.limits import Limits, TokenBucket
@@ -73,6 +73,9 @@ _HEARTBEAT = Frame(encode(Heartbeat()))
 # How long on_disconnect may take, and then leaving the channels (a deadline each), also while
 # the server shuts down.
 _CLEANUP_TIMEOUT = 5.0
+# What decoding a peer's frame may raise: a frame nested deeper than the interpreter's
+# recursion limit (a few kilobytes of brackets) is bad input like any other.
+_UNDECODABLE = (msgspec.DecodeError, RecursionError)
 _DENIAL_EXTENSION = "websocket.http.response"
 
 
@@ -342,7 +345,12 @@ class RealtimeEndpoint(WebSocketEndpoint):
         return self._offer
 
     def _offer(self, frame: Frame) -> bool:
-        return self._queue(frame.event(self.wire), frame.size)
+        try:
+            event = frame.event(self.wire)
+        except NoMessagePackFormError:  # logged once by the frame; this socket misses it
+            self.outbox.count_dropped(1)
+            return False
+        return self._queue(event, frame.size)
 
     def _queue(self, event: dict[str, Any], size: int) -> bool:
         outbox = self.outbox
@@ -536,11 +544,18 @@ class RealtimeEndpoint(WebSocketEndpoint):
             now = time.monotonic()
             wake: list[float] = []
             if limits.idle_timeout is not None:
-                idle_at = self._last_inbound + limits.idle_timeout
-                if now >= idle_at:
-                    self._request_close(1001, "idle timeout")
-                    return
-                wake.append(idle_at)
+                if self._handling_since is not None:
+                    # A handler is running: the client may be waiting for its answer, and what
+                    # it sends meanwhile is not read yet. Idleness counts from when the handler
+                    # is done, known to within a quarter of the timeout.
+                    self._last_inbound = now
+                    wake.append(now + limits.idle_timeout / 4)
+                else:
+                    idle_at = self._last_inbound + limits.idle_timeout
+                    if now >= idle_at:
+                        self._request_close(1001, "idle timeout")
+                        return
+                    wake.append(idle_at)
             if limits.heartbeat_interval is not None:
                 if now >= next_heartbeat:
                     self.send_frame(_HEARTBEAT)
@@ -615,16 +630,18 @@ class RealtimeEndpoint(WebSocketEndpoint):
                     continue  # closing: what the peer still sends is not served
                 text = message.get("text")
                 if text is not None and len(text) <= quick_chars:
-                    if bucket is not None and not bucket.take(now):
-                        self._rate_limited(bucket, text)
-                        continue
+                    if bucket is not None:
+                        if not bucket.take(now):
+                            self._rate_limited(bucket, text)
+                            continue
+                        self._limited_in_row = 0  # admitted: refusals are no longer in a row
                     try:
                         data = decode(text)  # type: ignore[misc]  # quick_chars < 0 without a decoder
-                    except msgspec.DecodeError as exc:
+                    except _UNDECODABLE as exc:
                         self._undecodable(text, exc)
                         continue
                     else:
-                        self._limited_in_row = self._invalid_in_row = 0
+                        self._invalid_in_row = 0
                 else:
                     data = guard(message, now)
                     if data is _INVALID:
@@ -679,7 +696,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
             return self._invalid(f"expected {expected} frames on this connection", ref)
         try:
             data = decode(raw)
-        except msgspec.DecodeError as exc:
+        except _UNDECODABLE as exc:
             self._undecodable(raw, exc)
             return _INVALID
         self._invalid_in_row = 0
@@ -698,7 +715,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
             ref = Codec.probe(raw, self.wire)[1] if raw is not None else None
             self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", ref)
 
-    def _undecodable(self, raw: str | bytes, exc: msgspec.DecodeError) -> None:
+    def _undecodable(self, raw: str | bytes, exc: Exception) -> None:
         """Answer a frame the decoder refused with an error frame, unless it is a heartbeat."""
         kind, ref = Codec.probe(raw, self.wire)
         if kind != "heartbeat":  # a heartbeat is a sign of life: it reset the idle timer

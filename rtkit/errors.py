@@ -4,6 +4,7 @@
 RtkitError
 ├── ConfigurationError      an endpoint, router or hub is declared or wired wrongly
 ├── NotStartedError         a hub or backend was used before ``startup()`` (or after ``shutdown()``)
+├── NoMessagePackFormError  a message cannot be sent to a MessagePack connection
 └── BackendError            the backend could not do what was asked
     └── BackendUnavailableError   the backend's server is out of reach right now
 ```
@@ -18,6 +19,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "ConfigurationError",
+    "NoMessagePackFormError",
     "NotStartedError",
     "RtkitError",
 ]
@@ -33,6 +35,11 @@ class ConfigurationError(RtkitError, TypeError):
 
 class NotStartedError(RtkitError, RuntimeError):
     """A hub or backend was used before ``startup()`` or after ``shutdown()``."""
+
+
+class NoMessagePackFormError(RtkitError, ValueError):
+    """A JSON message holds a value MessagePack cannot (an integer beyond 64 bits, a number
+    out of a double's range), so a MessagePack connection cannot be sent it."""
 
 
 class BackendError(RtkitError):

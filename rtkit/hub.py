@@ -186,9 +186,18 @@ class Hub:
         skip = offers.get(int.from_bytes(data[:_TOKEN_BYTES], "big"))
         frame = Frame(data[_TOKEN_BYTES:])
         delivered = 0
-        for offer in offers.values():
-            if offer is not skip and offer(frame):
-                delivered += 1
+        members = iter(offers.values())
+        while True:
+            try:
+                for offer in members:
+                    if offer is not skip and offer(frame):
+                        delivered += 1
+                break
+            except Exception:
+                # One member's failure is its own: the loop goes on with the next member (the
+                # same iterator), and the publisher is not told of it.
+                self.metrics.dropped += 1
+                logger.exception("a subscriber of %r failed to take a message; it misses it", channel)
         # Refusals are counted by the outboxes themselves, which know why they refused.
         self.metrics.delivered += delivered
 

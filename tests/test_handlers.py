@@ -237,3 +237,43 @@ def test_an_on_disconnect_that_overruns_its_deadline_still_leaves_every_channel(
         assert all_released.wait(10), f"released only {released}"
         assert own_hub.channel_count == 0
     assert "Stuck: on_disconnect overran 0.2s and was cancelled" in caplog.text
+
+
+@pytest.mark.parametrize("number", ["1e999", "100000000000000000000000"])
+def test_json_data_without_a_messagepack_form_gets_an_error_frame(client: TestClient, number: str) -> None:
+    # Valid JSON, but MessagePack subscribers could not be sent it: refused at the edge.
+    with (
+        client.websocket_connect("/topics/m") as plain,
+        client.websocket_connect("/topics/m", subprotocols=["rtkit.msgpack"]) as packed,
+    ):
+        plain.send_text(f'{{"type":"publish","topic":"m","data":{{"n":{number}}},"ref":"p1"}}')
+        error = plain.receive_json()
+        assert (error["type"], error["code"], error["ref"]) == ("error", "invalid_message", "p1")
+        assert "no MessagePack form" in error["detail"]
+        plain.send_json({"type": "publish", "topic": "m", "data": 5})
+        assert plain.receive_json() == {"type": "event", "topic": "m", "data": 5}  # nothing before it
+        assert msgspec.msgpack.decode(packed.receive_bytes()) == {"type": "event", "topic": "m", "data": 5}
+
+
+def test_a_message_a_messagepack_member_cannot_take_does_not_stop_the_fan_out(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # App code publishes a number MessagePack cannot hold: the MessagePack member misses it
+    # (counted, logged once), and the members after it still get it.
+    with (
+        client.websocket_connect("/topics/big") as first,
+        client.websocket_connect("/topics/big", subprotocols=["rtkit.msgpack"]) as packed,
+        client.websocket_connect("/topics/big") as last,
+        client.websocket_connect("/topics/big", subprotocols=["rtkit.msgpack"]) as packed_too,
+    ):
+        dropped = hub.metrics.dropped
+        portal(client).call(hub.publish_event, "big", {"n": 10**30})
+        for member in (first, last):
+            assert member.receive_json() == {"type": "event", "topic": "big", "data": {"n": 10**30}}
+        portal(client).call(hub.publish_event, "big", 1)
+        for member in (packed, packed_too):
+            event = msgspec.msgpack.decode(member.receive_bytes())
+            assert event == {"type": "event", "topic": "big", "data": 1}
+        assert hub.metrics.dropped == dropped + 2
+    warnings = [r.getMessage() for r in caplog.records if "no MessagePack form" in r.getMessage()]
+    assert len(warnings) == 1

@@ -169,6 +169,24 @@ async def test_a_failing_backend_unsubscribe_is_logged_and_the_channel_freed(
     ]
 
 
+async def test_a_subscriber_that_raises_costs_only_itself_the_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Recorder):
+        def offer(self, frame: Frame) -> bool:
+            raise RuntimeError("cannot take it")
+
+    async with Hub() as hub:
+        before, broken, after = Recorder(), Broken(), Recorder()
+        for subscriber in (before, broken, after):
+            await hub.subscribe("c", subscriber)
+        await hub.publish("c", {"n": 1})  # the publisher is not told of the member's failure
+        assert before.decoded() == after.decoded() == [{"n": 1}]
+        assert hub.metrics.dropped == 1
+        assert hub.metrics.delivered == 2
+    assert "a subscriber of 'c' failed to take a message" in caplog.text
+
+
 async def test_only_accepted_frames_count_as_delivered() -> None:
     async with Hub() as hub:
         full, fine = Recorder(accept=False), Recorder()

@@ -8,7 +8,7 @@ import msgspec
 from starlette.websockets import WebSocket
 
 from rtkit.channels import topic_channel
-from rtkit.codec import encode
+from rtkit.codec import encode, json_to_msgpack
 from rtkit.endpoint import Action, RealtimeEndpoint
 from rtkit.frame import Frame
 from rtkit.limits import topic_name_error
@@ -109,11 +109,20 @@ class TopicEndpoint(RealtimeEndpoint):
             # still have no JSON form (an extension type): that is the peer's bad input.
             try:
                 payload = encode(Event(topic=message.topic, data=msgspec.msgpack.decode(data)))
-            except (msgspec.MsgspecError, TypeError, ValueError) as exc:
+            except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
                 await self.send_error("invalid_message", f"data has no JSON form: {exc}", ref=message.ref)
                 return
             await self.hub.publish_encoded(channel, payload)
         else:
+            if data is not NO_DATA:
+                # The other way round: valid JSON may hold a number MessagePack cannot (an
+                # integer beyond 64 bits), which MessagePack subscribers could not be sent.
+                try:
+                    json_to_msgpack(data)
+                except (msgspec.MsgspecError, OverflowError, RecursionError) as exc:
+                    detail = f"data has no MessagePack form: {exc}"
+                    await self.send_error("invalid_message", detail, ref=message.ref)
+                    return
             await self.publish(channel, Event(topic=message.topic, data=data))
         if message.ref is not None:
             await self.send_message(Published(topic=message.topic, ref=message.ref))
