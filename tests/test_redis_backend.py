@@ -247,6 +247,7 @@ async def test_a_jump_in_sequence_is_reported_with_its_count(redis_url: str) -> 
             await raw.publish(f"{prefix}:j", pack(publisher, seq, data))
         await raw.publish(f"{prefix}:j", b"not ours")
         await raw.publish(f"{prefix}:j", pack(publisher, 7, b"d"))
+        await raw.publish(f"{prefix}:j", pack(publisher, 7, b"d"))  # resent: a duplicate
         await raw.publish(f"{prefix}:j", pack(b"Q" * 8, 40, b"other publisher"))
     finally:
         await raw.aclose()
@@ -471,6 +472,21 @@ def test_the_sequence_tracker_remembers_a_bounded_number_of_publishers(
     assert tracker.check("c", b"C" * 8, 4) == 2  # the others still count
 
 
+def test_the_sequence_tracker_drops_a_number_it_has_seen() -> None:
+    from rtkit.backends import _redis_wire
+
+    tracker = _redis_wire.SequenceTracker()
+    publisher = b"P" * 8
+    assert [tracker.check("c", publisher, n) for n in (1, 2, 2, 1, 3, 5)] == [
+        0,
+        0,
+        _redis_wire.DUPLICATE,
+        _redis_wire.DUPLICATE,
+        0,
+        1,
+    ]
+
+
 async def test_publish_state_stays_bounded_across_many_channels(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -489,7 +505,7 @@ async def test_publish_state_stays_bounded_across_many_channels(
             await publisher.publish(f"other{n}", b"x")
         assert len(publisher._outgoing) == 3
         assert "first" not in publisher._outgoing
-        await publisher.publish("first", b"2")  # counts from 1 again
+        await publisher.publish("first", b"2")  # counts from 1 again, under a new id
         await publisher.publish("first", b"3")
         with anyio.fail_after(5):
             await received.wait_for(lambda: len(received.messages) == 3)
@@ -534,3 +550,73 @@ async def test_subscribes_that_fail_during_an_outage_leave_nothing_behind(
     await backend.subscribe("after")
     assert set(subscriber._wanted.values()) == {"after"}
     await backend.shutdown()
+
+
+async def test_a_publish_resent_by_the_client_library_is_delivered_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py resends a command whose connection broke before the answer came, though Redis
+    # may have run it: the subscriber must not get the message twice.
+    prefix = unique_prefix()
+    publisher, listener = _backend(redis_url, prefix), _backend(redis_url, prefix)
+    received = Recorder()
+    await publisher.startup(Recorder())
+    await listener.startup(received)
+    try:
+        await listener.subscribe("d")
+        client = publisher._client
+        assert client is not None
+        real_publish = client.publish
+        resent: list[bytes] = []
+
+        async def publish_twice(channel: str, message: bytes) -> int:
+            resent.append(message)
+            await real_publish(channel, message)  # Redis ran it, the answer was lost...
+            return await real_publish(channel, message)  # ...so the library sent it again
+
+        monkeypatch.setattr(client, "publish", publish_twice)
+        await publisher.publish("d", b"once")
+        monkeypatch.undo()
+        await publisher.publish("d", b"after")
+        with anyio.fail_after(5):
+            await received.wait_for(lambda: b"after" in received.received("d"))
+        assert received.received("d") == [b"once", b"after"]
+        assert received.gaps == []
+        assert len(resent) == 1
+    finally:
+        await publisher.shutdown()
+        await listener.shutdown()
+
+
+async def test_a_publish_that_failed_before_redis_is_reported_as_one_lost(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The number is spent before the send: a publish that never reached Redis leaves a hole.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    prefix = unique_prefix()
+    publisher, listener = _backend(redis_url, prefix), _backend(redis_url, prefix)
+    received = Recorder()
+    await publisher.startup(Recorder())
+    await listener.startup(received)
+    try:
+        await listener.subscribe("h")
+        await publisher.publish("h", b"1")
+        client = publisher._client
+        assert client is not None
+
+        async def never_sent(channel: str, message: bytes) -> int:
+            raise RedisConnectionError("connection reset before the command was written")
+
+        monkeypatch.setattr(client, "publish", never_sent)
+        with pytest.raises(BackendUnavailableError):
+            await publisher.publish("h", b"2")
+        monkeypatch.undo()
+        await publisher.publish("h", b"3")
+        with anyio.fail_after(5):
+            await received.wait_for(lambda: b"3" in received.received("h"))
+        assert received.received("h") == [b"1", b"3"]
+        assert received.gaps == [("h", 1)]
+    finally:
+        await publisher.shutdown()
+        await listener.shutdown()

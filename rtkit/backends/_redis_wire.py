@@ -4,7 +4,7 @@ Wire format of one Redis pub/sub message (17 bytes of header, then the hub's byt
 
     offset  size  field
     0       1     version, currently 1 (a message with another first byte is not ours)
-    1       8     publisher id: random bytes drawn once per backend start
+    1       8     publisher id: random bytes, drawn when a backend starts publishing on a channel
     9       8     sequence number, unsigned big-endian, per (publisher, channel), from 1
 
 The sequence is counted per channel, not per publisher: a process subscribed to one channel only
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["HEADER_SIZE", "SequenceTracker", "pack", "unpack"]
+__all__ = ["DUPLICATE", "HEADER_SIZE", "SequenceTracker", "pack", "unpack"]
 
 _VERSION = 1
 _HEADER = struct.Struct(">B8sQ")
 HEADER_SIZE = _HEADER.size
 PUBLISHER_ID_SIZE = 8
 _MAX_PUBLISHERS = 256  # publishers remembered per channel
+DUPLICATE = -1
+"""What ``SequenceTracker.check`` answers for a number already seen: drop the message."""
 
 
 def pack(publisher: bytes, seq: int, data: bytes) -> bytes:
@@ -51,18 +53,21 @@ class SequenceTracker:
         self._last: dict[str, dict[bytes, int]] = {}
 
     def check(self, channel: str, publisher: bytes, seq: int) -> int:
-        """Record ``seq`` and return how many messages went missing just before it."""
+        """Record ``seq``; return how many messages went missing just before it, or
+        ``DUPLICATE`` for a number at or below the last one seen (a resend: drop it)."""
         seen = self._last.get(channel)
         if seen is None:
             seen = self._last[channel] = {}
         last = seen.get(publisher)
+        if last is not None and seq <= last:
+            # A publisher never reuses a number on a channel (it spends one before sending,
+            # and a forgotten channel starts again under a new id): this is a resend.
+            return DUPLICATE
         seen[publisher] = seq
-        if last is None and len(seen) > _MAX_PUBLISHERS:
-            # Publishers come and go (a new id at every restart): forget the oldest.
-            del seen[next(iter(seen))]
-        # A number at or below the last one is a publish retried after an uncertain failure
-        # (the publisher only keeps a number once Redis accepted it): nothing was lost.
-        if last is None or seq <= last:
+        if last is None:
+            if len(seen) > _MAX_PUBLISHERS:
+                # Publishers come and go (new ids at every start): forget the oldest.
+                del seen[next(iter(seen))]
             return 0
         return seq - last - 1
 

@@ -5,10 +5,14 @@ Redis keeps nothing for a subscriber that is not connected, and drops a subscrib
 too slowly. So this backend does not promise that every message arrives; it promises that a loss
 does not go unnoticed:
 
-- every message carries a small header (see ``_redis_wire``): a publisher id drawn at each
-  ``startup`` and a sequence number per (publisher, channel). The receiving side tracks the last
-  number per (publisher, channel); a jump calls ``receiver.gap(channel, missed)`` with the exact
-  count, before the message that revealed it is delivered;
+- every message carries a small header (see ``_redis_wire``): a publisher id, drawn when a
+  backend starts publishing on a channel, and a sequence number counted on that channel. The
+  receiving side tracks the last number per (publisher, channel); a jump calls
+  ``receiver.gap(channel, missed)`` with the exact count, before the message that revealed it is
+  delivered, and a number already seen is a duplicate, dropped (redis-py resends a command whose
+  connection broke before the answer came, though Redis may have run it);
+- a publish that fails has spent its number: if it never reached Redis, subscribers report it
+  as a loss of one; if it did, they got it, and nothing is reported;
 - a reconnect of the pub/sub connection may have lost messages that no later message will ever
   reveal (the publisher may say nothing more), so once each channel is subscribed again it gets
   ``receiver.gap(channel, 1)``: "at least one message may be lost", an estimate;
@@ -57,7 +61,7 @@ from redis.backoff import NoBackoff
 from rtkit.backends._redis_commands import CommandGuard
 from rtkit.backends._redis_presence import Presence, PresenceKeeper
 from rtkit.backends._redis_subscriber import Subscriber, connection_factory
-from rtkit.backends._redis_wire import PUBLISHER_ID_SIZE, SequenceTracker, pack, unpack
+from rtkit.backends._redis_wire import DUPLICATE, PUBLISHER_ID_SIZE, SequenceTracker, pack, unpack
 from rtkit.backends.base import Backend, BackendHealth, HealthState, Receiver
 from rtkit.errors import ConfigurationError, NotStartedError
 
@@ -71,12 +75,19 @@ _MAX_OUTGOING = 10_000  # channels whose publish sequence is remembered (oldest 
 
 
 class _Outgoing:
-    """The publishing state of one channel: its sequence and the lock that keeps it in order."""
+    """The publishing state of one channel: its publisher id, its sequence and the lock that
+    keeps it in order.
 
-    __slots__ = ("lock", "seq")
+    The id is drawn afresh for each new state: a channel whose state was forgotten (see
+    ``_forget_oldest_channel``) starts a new count under a new id, which receivers cannot take
+    for duplicates of the old one.
+    """
+
+    __slots__ = ("lock", "publisher", "seq")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
+        self.publisher = secrets.token_bytes(PUBLISHER_ID_SIZE)
         self.seq = 0
 
 
@@ -168,7 +179,6 @@ class RedisBackend(Backend):
         self._client: aioredis.Redis | None = None
         self._subscriber: Subscriber | None = None
         self._presence: PresenceKeeper | None = None
-        self._publisher = bytes(PUBLISHER_ID_SIZE)
         self._outgoing: dict[str, _Outgoing] = {}
         self._tracker = SequenceTracker()
         self._reconnects = 0  # of subscribers of earlier starts
@@ -220,7 +230,6 @@ class RedisBackend(Backend):
             if client is not self._user_client:
                 await client.aclose()
             raise
-        self._publisher = secrets.token_bytes(PUBLISHER_ID_SIZE)
         self._client, self._subscriber = client, subscriber
         self._presence = PresenceKeeper(
             Presence(client, self._prefix, self._presence_ttl),
@@ -282,16 +291,15 @@ class RedisBackend(Backend):
             if len(self._outgoing) > _MAX_OUTGOING:
                 self._forget_oldest_channel()
         async with self._guard(f"publish to {channel!r}"), outgoing.lock:
-            seq = outgoing.seq + 1
-            await client.publish(self._channel_key(channel), pack(self._publisher, seq, data))
-            # The number is spent only once Redis took the message: a failed publish leaves
-            # no hole that subscribers would report as a loss.
-            outgoing.seq = seq
+            # The number is spent before the send: a resend of the same bytes is then a
+            # duplicate that receivers drop, and a publish that never reached Redis leaves a
+            # hole that they report as the loss it is for them.
+            seq = outgoing.seq = outgoing.seq + 1
+            await client.publish(self._channel_key(channel), pack(outgoing.publisher, seq, data))
 
     def _forget_oldest_channel(self) -> None:
         # Memory stays bounded however many channels a process publishes to. A forgotten
-        # channel counts from 1 again; receivers take a number at or below the last one as no
-        # loss and count on from there.
+        # channel counts from 1 again, under a new publisher id (see _Outgoing).
         for channel, outgoing in self._outgoing.items():
             if not outgoing.lock.locked():
                 del self._outgoing[channel]
@@ -323,6 +331,11 @@ class RedisBackend(Backend):
             return
         publisher, seq, data = parsed
         missed = self._tracker.check(channel, publisher, seq)
+        if missed == DUPLICATE:
+            logger.debug(
+                "dropped a duplicate (publisher %s, #%d) on channel %r", publisher.hex(), seq, channel
+            )
+            return
         # The reader calls this for every message: a receiver that raises must cost that one
         # message, not the connection and every message in flight with it.
         try:
