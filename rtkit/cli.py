@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         help="log level",
     )
-    serve.add_argument("--task-limit", type=int, default=1000, help="how many tasks the demo keeps")
+    serve.add_argument("--task-limit", type=_at_least_one, default=1000, help="how many tasks the demo keeps")
     serve.add_argument(
         "--redis-url",
         default=os.environ.get("RTKIT_REDIS_URL"),
@@ -195,6 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.workers > 1 and not args.redis_url:
         build_parser().error("--workers above 1 needs --redis-url: each worker is a process of its own")
+    if args.jwt_secret is not None:
+        # An empty RTKIT_JWT_SECRET (a compose file's unset ${VAR}) is a mistake, not "unset":
+        # say so now rather than in a traceback from every worker.
+        from rtkit.auth import JWTAuthenticator
+        from rtkit.errors import ConfigurationError
+
+        try:
+            JWTAuthenticator(args.jwt_secret)
+        except ConfigurationError as exc:
+            build_parser().error(f"--jwt-secret (or RTKIT_JWT_SECRET): {exc}")
     import uvicorn
 
     from rtkit.demo.app import SETTINGS_ENV, DemoSettings

@@ -112,5 +112,11 @@ class Metrics:
         for name, label, text, counter in labelled:
             lines += [f"# HELP {prefix}_{name}_total {text}", f"# TYPE {prefix}_{name}_total counter"]
             for key, value in sorted(counter.items(), key=lambda item: str(item[0])):
-                lines.append(f'{prefix}_{name}_total{{{label}="{key}"}} {value}')
+                lines.append(f'{prefix}_{name}_total{{{label}="{_label_value(key)}"}} {value}')
         return "\n".join(lines) + "\n"
+
+
+def _label_value(key: object) -> str:
+    """A label value as the exposition format wants it: backslash, quote and newline escaped
+    (an application's own error code may hold any of them)."""
+    return str(key).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

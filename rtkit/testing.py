@@ -73,13 +73,18 @@ class LiveServer:
         self._error: BaseException | None = None
 
     @property
+    def _authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return f"{host}:{self.port}"
+
+    @property
     def url(self) -> str:
         """``http://host:port`` of the running server."""
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self._authority}"
 
     def ws_url(self, path: str = "/") -> str:
         """The ``ws://`` URL of ``path`` on the running server."""
-        return f"ws://{self.host}:{self.port}{path}"
+        return f"ws://{self._authority}{path}"
 
     def http_url(self, path: str = "/") -> str:
         """The ``http://`` URL of ``path`` on the running server."""
@@ -94,14 +99,21 @@ class LiveServer:
             self._server.ready.set()
 
     def start(self) -> None:
-        """Start serving; returns once connections are accepted.
+        """Start serving; returns once connections are accepted. A stopped server can be
+        started again (on a new port).
 
         Raises:
-            RuntimeError: the server did not start (its error is chained).
+            RuntimeError: the server did not start (its error is chained), or is running.
         """
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self._thread is not None:
+            raise RuntimeError(f"the server on {self.url} is running already")
+        # A fresh uvicorn server each time: one that ran keeps its exit flag and start event.
+        self._server = _Server(self.config)
+        self._error = None
+        family, kind, proto, _, address = socket.getaddrinfo(self.host, 0, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        sock.bind(address)
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(target=self._run, args=(sock,), name="rtkit-live-server", daemon=True)
         self._thread.start()

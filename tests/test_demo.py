@@ -9,10 +9,11 @@ import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
-from rtkit import BackendUnavailableError, Hub, Limits, MemoryBackend
+from rtkit import BackendUnavailableError, ConfigurationError, Hub, Limits, MemoryBackend
 from rtkit.backends.base import BackendHealth
 from rtkit.cli import main
 from rtkit.demo.app import SETTINGS_ENV, DemoSettings, app_from_environment, create_app
+from rtkit.demo.tasks import NewTask, TaskStore
 
 
 class Flaky(MemoryBackend):
@@ -137,3 +138,51 @@ def test_several_workers_need_redis(capsys: pytest.CaptureFixture[str]) -> None:
         main(["serve", "--workers", "2"])
     assert exited.value.code == 2
     assert "--workers above 1 needs --redis-url" in capsys.readouterr().err
+
+
+def test_ids_of_tasks_created_in_one_burst_never_collide() -> None:
+    store = TaskStore(limit=50_000)
+    created = [store.create(NewTask(title=f"t{n}")) for n in range(20_000)]  # many per millisecond
+    ids = [task.id for task in created]
+    assert ids == sorted(set(ids))  # unique and increasing
+    assert len(store.all()) == 20_000  # every task answered 201 is listed
+
+
+def test_clients_cannot_publish_tasks_only_the_app_announces_them(client: TestClient) -> None:
+    real = client.post("/tasks", json={"title": "real"}).json()
+    forged = {"id": 1, "title": "forged", "description": "", "created_at": "then"}
+    with client.websocket_connect("/ws/topics") as ws:
+        ws.send_json({"type": "publish", "topic": "tasks", "data": forged, "ref": 1})
+        assert ws.receive_json()["code"] == "forbidden"
+    with client.websocket_connect("/ws/topics/tasks") as ws:
+        ws.send_json({"type": "publish", "topic": "tasks", "data": forged})
+        assert ws.receive_json()["code"] == "forbidden"
+    # Whatever reaches the topic is held to the bounds of POST /tasks bodies.
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    assert client.portal is not None
+    client.portal.call(hub.publish_event, "tasks", {**forged, "title": "x" * 50_000})
+    assert client.get("/tasks").json() == [real]
+
+
+def test_a_task_limit_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(msgspec.ValidationError, match=">= 1"):
+        msgspec.json.decode(b'{"task_limit": 0}', type=DemoSettings)
+    with pytest.raises(ConfigurationError, match="limit must be 1 or more"):
+        TaskStore(limit=-1)
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--task-limit", "0"])
+    assert exited.value.code == 2
+    assert "argument --task-limit: must be 1 or more, not 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("secret", ["", "too short"])
+def test_an_empty_or_short_jwt_secret_is_refused_not_replaced(
+    secret: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only an absent secret means the demo's public one.
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):
+        create_app(settings=DemoSettings(jwt_secret=secret))
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--jwt-secret", secret])
+    assert exited.value.code == 2
+    assert "--jwt-secret (or RTKIT_JWT_SECRET)" in capsys.readouterr().err

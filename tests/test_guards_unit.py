@@ -153,6 +153,18 @@ def test_metrics_render_as_prometheus_text() -> None:
     assert metrics.as_dict()["errors"] == {"forbidden": 2}
 
 
+def test_metric_label_values_are_escaped() -> None:
+    # An application's own error code can hold anything; one odd code must not make the whole
+    # exposition unreadable.
+    metrics = Metrics()
+    metrics.errors['upstream:say "hi"\nnow\\'] += 1
+    text = metrics.render_prometheus()
+    assert 'rtkit_error_frames_total{code="upstream:say \\"hi\\"\\nnow\\\\"} 1\n' in text
+    # Every sample line is one line of the form name{labels} value.
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all(line.rsplit(" ", 1)[1].isdigit() for line in samples)
+
+
 # -- refusals through TestClient -------------------------------------------------------------
 
 

@@ -170,10 +170,23 @@ class PresenceKeeper:
         self._wake.set()
 
     async def join(self, group: str, member: str, name: str) -> None:
-        """See ``Backend.join``."""
-        async with self._guard(f"join {group!r}"), self._lock:
-            await self._presence.join(group, member, name)
-        self._joined[(group, member)] = name
+        """See ``Backend.join``.
+
+        A join that fails (``BackendUnavailableError``) may still have reached Redis: such an
+        entry is not refreshed, and expires after ``presence_ttl``.
+        """
+        key = (group, member)
+        # Recorded before the call, so that a leave made while it runs (it waits for the lock
+        # and runs after it) takes the member out of the heartbeat's list for good: the last
+        # call made decides, as on the memory backend.
+        self._joined[key] = name
+        try:
+            async with self._guard(f"join {group!r}"), self._lock:
+                await self._presence.join(group, member, name)
+        except BaseException:
+            if self._joined.get(key) is name:
+                del self._joined[key]
+            raise
 
     async def leave(self, group: str, member: str) -> None:
         """See ``Backend.leave``."""

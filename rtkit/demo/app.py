@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Annotated
 
 import msgspec
 from starlette.applications import Starlette
@@ -16,10 +17,10 @@ from starlette.routing import Mount, Route
 
 from rtkit.auth import JWTAuthenticator
 from rtkit.channels import topic_channel
-from rtkit.demo.secure import SecureTopicEndpoint
+from rtkit.demo.secure import DemoTopicEndpoint, SecureTopicEndpoint
 from rtkit.demo.tasks import TASKS_TOPIC, TaskStore, TaskViews
 from rtkit.errors import ConfigurationError
-from rtkit.handlers import ChatEndpoint, EchoEndpoint, TopicEndpoint
+from rtkit.handlers import ChatEndpoint, EchoEndpoint
 from rtkit.hub import Hub
 from rtkit.limits import Limits
 from rtkit.routing import RealtimeRouter
@@ -42,7 +43,7 @@ class DemoSettings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_secret: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "rtkit-demo"
-    task_limit: int = 1000
+    task_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
 
 
 def _page() -> str:
@@ -72,20 +73,23 @@ def create_app(*, hub: Hub | None = None, settings: DemoSettings | None = None) 
     settings = settings if settings is not None else DemoSettings()
     if hub is not None and settings.redis_url is not None:
         raise ConfigurationError("create_app: pass a hub or settings.redis_url, not both")
-    if settings.jwt_secret is None:
+    secret = settings.jwt_secret
+    if secret is None:
         logger.info("the secured route uses the demo's public JWT secret: pass --jwt-secret")
     limits = settings.limits
     router = RealtimeRouter(hub=hub if hub is not None else _hub_for(settings))
     router.add("/echo", EchoEndpoint, name="echo", limits=limits)
     router.add("/chat/{room}", ChatEndpoint, name="chat", limits=limits)
-    router.add("/topics", TopicEndpoint, name="topics", limits=limits)
-    router.add("/topics/{topic}", TopicEndpoint, name="topic", limits=limits)
+    router.add("/topics", DemoTopicEndpoint, name="topics", limits=limits)
+    router.add("/topics/{topic}", DemoTopicEndpoint, name="topic", limits=limits)
     router.add(
         "/secure/topics/{topic}",
         SecureTopicEndpoint,
         name="secure-topic",
         limits=limits,
-        authenticator=JWTAuthenticator(settings.jwt_secret or DEMO_SECRET),
+        # Only an absent secret means the demo's public one: an empty or short secret is
+        # refused (ConfigurationError), never quietly replaced by a public one.
+        authenticator=JWTAuthenticator(DEMO_SECRET if secret is None else secret),
     )
     store = TaskStore(limit=settings.task_limit)
     tasks = TaskViews(store, router.hub)

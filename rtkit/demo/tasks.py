@@ -18,7 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rtkit.errors import BackendUnavailableError
+from rtkit.errors import BackendUnavailableError, ConfigurationError
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
 
@@ -35,14 +35,20 @@ class NewTask(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Task(msgspec.Struct):
-    """A stored task, as ``GET /tasks`` lists it and the ``tasks`` topic announces it."""
+    """A stored task, as ``GET /tasks`` lists it and the ``tasks`` topic announces it.
+
+    Events on the topic are held to the same bounds as ``POST /tasks`` bodies.
+    """
 
     id: int
-    """Unique across processes and increasing with time: milliseconds since the epoch times
-    1000, plus a random 0-999 (exact in JavaScript numbers until the year 2255)."""
-    title: str
-    description: str
-    created_at: str
+    """Increasing with time: milliseconds since the epoch times 1000, plus a random 0-999,
+    and above every id this process gave before (exact in JavaScript numbers until the year
+    2255). Unique within a process; across processes two tasks created in the same
+    millisecond share an id once in a thousand, and the later one is then listed only where
+    it was created."""
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    description: Annotated[str, msgspec.Meta(max_length=2000)]
+    created_at: Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class _TaskEvent(msgspec.Struct):
@@ -57,15 +63,21 @@ class TaskStore:
     """
 
     def __init__(self, *, limit: int = 1000) -> None:
+        if limit < 1:
+            raise ConfigurationError(f"TaskStore: limit must be 1 or more, not {limit}")
         self.limit = limit
         self.token = new_token()
         self._tasks: OrderedDict[int, Task] = OrderedDict()
         self._decoder = msgspec.json.Decoder(_TaskEvent)
+        self._last_id = 0
 
     def create(self, new: NewTask) -> Task:
-        """Store ``new`` with an id unique across processes and a creation time (UTC, ISO 8601)."""
+        """Store ``new`` with a new id (see ``Task.id``) and a creation time (UTC, ISO 8601)."""
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        task_id = time.time_ns() // 1_000_000 * 1000 + secrets.randbelow(1000)
+        drawn = time.time_ns() // 1_000_000 * 1000 + secrets.randbelow(1000)
+        # Two tasks created in the same millisecond here must not share an id: the store keeps
+        # the first of two with one id, and the second would be answered 201 yet never listed.
+        task_id = self._last_id = max(drawn, self._last_id + 1)
         task = Task(id=task_id, title=new.title, description=new.description, created_at=created)
         self._keep(task)
         return task
@@ -86,7 +98,7 @@ class TaskStore:
         try:
             self._keep(self._decoder.decode(frame.payload).data)
         except msgspec.DecodeError:
-            return False  # not a task: someone published something else on the topic
+            return False  # not a task, or out of bounds: only this app publishes tasks
         return True
 
     def on_gap(self, channel: str, missed: int) -> None:
