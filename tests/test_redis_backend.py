@@ -634,3 +634,37 @@ async def test_the_last_of_overlapping_join_and_leave_decides(redis_url: str) ->
         assert list(presence._joined) == [("g", "m2")]
     finally:
         await backend.shutdown()
+
+
+async def test_the_presence_heartbeat_refreshes_in_batches(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each batch gets the command timeout to itself: a process with many members must not
+    # have every heartbeat time out, and all its members expire.
+    from rtkit.backends import _redis_presence
+
+    monkeypatch.setattr(_redis_presence, "_REFRESH_BATCH", 2)
+    backend = _backend(redis_url, unique_prefix())
+    await backend.startup(Recorder())
+    try:
+        for n in range(5):
+            await backend.join("g", f"m{n}", f"user{n}")
+        presence = backend._presence
+        assert presence is not None
+        batches: list[list[str]] = []
+        leaving: list[asyncio.Task[None]] = []
+        real_refresh = presence._presence.refresh
+
+        async def recording(entries: list[tuple[str, str, str]]) -> None:
+            batches.append([member for _, member, _ in entries])
+            if not leaving:  # m3 leaves while the first batch runs: it waits for the lock
+                leaving.append(asyncio.ensure_future(backend.leave("g", "m3")))
+            await real_refresh(entries)
+
+        monkeypatch.setattr(presence._presence, "refresh", recording)
+        await presence.refresh_all()
+        await leaving[0]
+        assert batches == [["m0", "m1"], ["m2"], ["m4"]]  # m3 left between batches: skipped
+        assert await backend.members("g") == ["user0", "user1", "user2", "user4"]
+    finally:
+        await backend.shutdown()

@@ -30,6 +30,8 @@ from rtkit.backends._redis_commands import CommandGuard, describe
 from rtkit.errors import BackendError
 
 _OUTAGES = (RedisError, OSError, TimeoutError)
+# Members refreshed per round trip: 10,000 in one took 0.65 s of a 1 s timeout.
+_REFRESH_BATCH = 1000
 
 __all__ = ["Presence", "PresenceKeeper"]
 
@@ -194,6 +196,24 @@ class PresenceKeeper:
         async with self._guard(f"leave {group!r}"), self._lock:
             await self._presence.leave(group, member)
 
+    async def refresh_all(self) -> None:
+        """Refresh every member this process joined, ``_REFRESH_BATCH`` per round trip.
+
+        Each batch has the command timeout to itself, so the time a heartbeat may take grows
+        with the members instead of making a large process's every heartbeat time out (and
+        all its members expire). A member that left meanwhile is skipped, under the lock.
+        """
+        entries = list(self._joined.items())
+        for start in range(0, len(entries), _REFRESH_BATCH):
+            async with self._guard("presence heartbeat"), self._lock:
+                batch = [
+                    (group, member, name)
+                    for (group, member), name in entries[start : start + _REFRESH_BATCH]
+                    if self._joined.get((group, member)) is name
+                ]
+                if batch:
+                    await self._presence.refresh(batch)
+
     async def members(self, group: str) -> list[str]:
         """See ``Backend.members``."""
         async with self._guard(f"members of {group!r}"):
@@ -207,8 +227,7 @@ class PresenceKeeper:
             if not self._joined:
                 continue
             try:
-                async with self._guard("presence heartbeat"), self._lock:
-                    await self._presence.refresh([(g, m, n) for (g, m), n in self._joined.items()])
+                await self.refresh_all()
             except BackendError as exc:
                 logger.warning("presence heartbeat failed; next try in %.1fs: %s", self._interval, exc)
             except Exception:
