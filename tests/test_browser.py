@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 
 import httpx2
@@ -25,7 +26,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from rtkit import BackendUnavailableError, Hub, Limits, MemoryBackend
 from rtkit.demo import create_app
+from rtkit.demo.app import DemoSettings
 from rtkit.testing import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -282,3 +285,116 @@ def test_chat_keeps_members_straight_and_shows_errors_gaps_and_closes(open_page:
     expect(page.get_by_test_id("chat-status")).to_have_text("disconnected", timeout=WAIT_MS)
     expect(errors.nth(2)).to_contain_text("code 1011: server fault", timeout=WAIT_MS)
     expect(page.get_by_test_id("chat-member")).to_have_count(0)
+
+
+# -- the page against servers set up otherwise -----------------------------------------------
+
+
+class _TasksUnannounced(MemoryBackend):
+    """The backend takes everything but the tasks topic's announcements (Redis went away)."""
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        if channel == "topic:tasks":
+            raise BackendUnavailableError("simulated: redis unreachable")
+        await super().publish(channel, data)
+
+
+@pytest.fixture(scope="module")
+def strict_hub() -> Hub:
+    return Hub(_TasksUnannounced())
+
+
+@pytest.fixture(scope="module")
+def strict_server(strict_hub: Hub) -> Iterator[LiveServer]:
+    """An idle timeout of 0.6 s, three tasks kept, and task announcements that fail."""
+    settings = DemoSettings(limits=Limits(idle_timeout=0.6), task_limit=3)
+    with LiveServer(create_app(hub=strict_hub, settings=settings)) as live:
+        yield live
+
+
+def _open(browser: Browser, url: str, *, fake_clock: bool = False) -> tuple[BrowserContext, Page]:
+    context = browser.new_context()
+    page = context.new_page()
+    if fake_clock:
+        page.clock.install()  # the page's timers run only when the test says so
+    page.goto(url)
+    return context, page
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition on the server's side (the page cannot see it) under a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition did not come true in time")
+        time.sleep(0.02)
+
+
+def test_the_page_keeps_its_sockets_open_through_the_servers_idle_timeout(
+    browser: Browser, strict_server: LiveServer, strict_hub: Hub
+) -> None:
+    context, page = _open(browser, strict_server.http_url("/"))
+    try:
+        expect(page.locator('meta[name="rtkit-idle-timeout"]')).to_have_attribute("content", "0.6")
+        join(page, "quiet-room", "reader")
+        connect_topics(page)
+        before = strict_hub.metrics.messages_in
+        # Three heartbeats per idle timeout on each of the three sockets: after six idle
+        # timeouts' worth of them, every socket must still be open.
+        _wait_for(lambda: strict_hub.metrics.messages_in >= before + 3 * 3 * 6)
+        expect(page.get_by_test_id("chat-status")).to_have_text("connected")
+        expect(page.get_by_test_id("topics-status")).to_have_text("connected")
+        expect(page.get_by_test_id("tasks-status")).to_have_text("live")
+        assert strict_hub.metrics.closes[1001] == 0
+    finally:
+        context.close()
+
+
+def test_the_task_list_is_no_longer_than_the_servers(browser: Browser, strict_server: LiveServer) -> None:
+    context, page = _open(browser, strict_server.http_url("/"))
+    try:
+        expect(page.get_by_test_id("tasks-status")).to_have_text("live", timeout=WAIT_MS)
+        # Created from the page itself: the announcement fails (503), the task is stored and
+        # shown, and the form is cleared so that sending again does not store it twice.
+        for n in range(5):
+            page.get_by_test_id("tasks-title").fill(f"task {n}")
+            page.get_by_test_id("tasks-create").click()
+            message = page.get_by_test_id("tasks-form-message")
+            expect(message).to_contain_text("other viewers were not told", timeout=WAIT_MS)
+            expect(message).to_have_attribute("data-state", "warning")
+            expect(page.get_by_test_id("tasks-title")).to_have_value("")
+        titles = page.get_by_test_id("task-title")
+        expect(titles).to_have_text(["task 4", "task 3", "task 2"], timeout=WAIT_MS)
+        expect(page.get_by_test_id("tasks-count")).to_have_text("3")
+        listed = httpx2.get(strict_server.http_url("/tasks")).json()
+        assert [t["title"] for t in listed] == ["task 2", "task 3", "task 4"]  # stored once each
+    finally:
+        context.close()
+
+
+def test_rooms_a_browser_cannot_reach_are_refused_by_the_form(open_page: OpenPage) -> None:
+    page = open_page()
+    room = page.get_by_test_id("chat-room")
+    for name, valid in ((".", False), ("..", False), ("a.b", True), ("...", True), ("a b", False)):
+        room.fill(name)
+        assert room.evaluate("input => input.validity.valid") is valid, name
+
+
+def test_a_second_member_of_a_listed_name_is_counted(browser: Browser, server: LiveServer) -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    room = server.ws_url("/ws/chat/namesakes")
+    with ws_connect(f"{room}?name=bob") as first_bob:
+        first_bob.recv()  # welcome: bob is in the room
+        context, page = _open(browser, server.http_url("/"), fake_clock=True)
+        try:
+            join(page, "namesakes", "alice")
+            members = page.get_by_test_id("chat-member")
+            expect(members).to_have_text(["alice", "bob"], timeout=WAIT_MS)
+            page.clock.run_for(3_000)  # past the moment a racing `joined` could still come
+            with ws_connect(f"{room}?name=bob") as second_bob:
+                second_bob.recv()
+                expect(members).to_have_text(["alice", "bob", "bob"], timeout=WAIT_MS)
+            expect(members).to_have_text(["alice", "bob"], timeout=WAIT_MS)  # the first bob stays
+        finally:
+            context.close()

@@ -93,7 +93,19 @@ def create_app(*, hub: Hub | None = None, settings: DemoSettings | None = None) 
     )
     store = TaskStore(limit=settings.task_limit)
     tasks = TaskViews(store, router.hub)
-    page = _page()
+    # The page keeps its sockets open through the idle timeout and its list as short as the
+    # server's: it reads both from these tags.
+    page = (
+        _page()
+        .replace(
+            '<meta name="rtkit-idle-timeout" content="">',
+            f'<meta name="rtkit-idle-timeout" content="{limits.idle_timeout or ""}">',
+        )
+        .replace(
+            '<meta name="rtkit-task-limit" content="1000">',
+            f'<meta name="rtkit-task-limit" content="{settings.task_limit}">',
+        )
+    )
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
