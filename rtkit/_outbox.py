@@ -233,7 +233,8 @@ class Outbox:
         """Queue an ASGI send event of ``size`` payload bytes; never waits.
 
         With ``wake=False`` the writer is left asleep: the caller promises to call ``flush``
-        soon (the receive loop does, after each handler), which sends inline when it can.
+        soon, which sends inline when it can. (RealtimeEndpoint does not: a handler that sends
+        and then awaits must not have its frames held until it returns.)
 
         Returns:
             True if taken (sent at once, or queued); False if refused (closing, the overflow
@@ -350,9 +351,10 @@ class Outbox:
     async def flush(self, send: Send) -> None:
         """Send what waits now, from the caller's task when the writer is asleep.
 
-        A reply to a request costs no task switch this way: the receive loop that queued it
-        sends it. When the writer is already awake (or a close is due) it is left to the writer,
-        so frames never go out from two tasks at once. A failed send means the peer is gone.
+        Frames queued with ``wake=False`` cost no task switch this way: the task that queued
+        them sends them. When the writer is already awake (or a close is due) it is left to the
+        writer, so frames never go out from two tasks at once. A failed send means the peer is
+        gone.
         """
         queue = self.queue
         if not queue or not self._idle or self._close is not None or self._flushing:

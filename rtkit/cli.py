@@ -31,6 +31,14 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """A TCP port: 0 to 65535 (a larger number would wrap around to another port)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {value}")
+    return value
+
+
 def _zero_or_more(kind: type[int] | type[float]) -> Callable[[str], float]:
     """A limit where 0 means off; a negative value is a mistake."""
 
@@ -121,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port to bind")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port to bind (0: any free one)")
     serve.add_argument(
         "--ws", choices=WS_IMPLEMENTATIONS, default="auto", help="uvicorn's WebSocket implementation"
     )
@@ -147,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--redis-prefix", default="rtkit-demo", help="namespace of the demo's keys in Redis")
     serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes (more than one needs --redis-url)"
+        "--workers", type=_at_least_one, default=1, help="worker processes (more than one needs --redis-url)"
     )
     serve.add_argument(
         "--jwt-secret",
@@ -203,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             JWTAuthenticator(args.jwt_secret)
-        except ConfigurationError as exc:
+        except (ConfigurationError, UnicodeError) as exc:
             build_parser().error(f"--jwt-secret (or RTKIT_JWT_SECRET): {exc}")
     import uvicorn
 

@@ -21,7 +21,6 @@ other sockets are not affected. The guards and their answers are listed in ``rtk
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -77,23 +76,6 @@ _CLEANUP_TIMEOUT = 5.0
 # recursion limit (a few kilobytes of brackets) is bad input like any other.
 _UNDECODABLE = (msgspec.DecodeError, RecursionError)
 _DENIAL_EXTENSION = "websocket.http.response"
-
-
-def _current_task_getter() -> Callable[[], object]:
-    """How to name the running task, on whichever event loop runs us (asyncio or trio)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # no asyncio loop here: trio
-        pass
-    else:
-        return functools.partial(asyncio.current_task, loop)
-    try:
-        import trio
-
-        trio.lowlevel.current_task()
-        return trio.lowlevel.current_task
-    except (ImportError, RuntimeError):  # pragma: no cover - another loop: never defer
-        return lambda: None
 
 
 def _union_members(tp: Any) -> tuple[Any, ...]:
@@ -227,10 +209,6 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._sent_close: int | None = None
         self._forced_close: int | None = None
         self._admitted = False
-        # Replies queued by a handler from the receive loop are sent by that loop right after
-        # the handler (no task switch); see Outbox.flush.
-        self._loop_task: object = None
-        self._task_of: Callable[[], object] = lambda: None
 
     @property
     def hub(self) -> Hub:
@@ -316,13 +294,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
         if self.wire != "json":
             self.send_frame(Frame(payload))
             return
-        # The common case, kept short (a reply is hot): no Frame, and `_queue` inlined.
-        event = {"type": "websocket.send", "text": payload.decode()}
-        outbox = self.outbox
-        if outbox.eager_active or self._handling_since is None:
-            outbox.put(event, len(payload))
-        else:
-            self._queue(event, len(payload))
+        # The common case, kept short (a reply is hot): no Frame.
+        self.outbox.put({"type": "websocket.send", "text": payload.decode()}, len(payload))
 
     def send_frame(self, frame: Frame) -> bool:
         """Queue an already encoded ``Frame``; False if the outbox refused it."""
@@ -353,16 +326,9 @@ class RealtimeEndpoint(WebSocketEndpoint):
         return self._queue(event, frame.size)
 
     def _queue(self, event: dict[str, Any], size: int) -> bool:
-        outbox = self.outbox
-        # Without the eager send (trio), a reply queued by a handler in the receive loop does
-        # not wake the writer: the loop sends it itself right after the handler.
-        if (
-            self._handling_since is not None
-            and not outbox.eager_active
-            and self._task_of() is self._loop_task
-        ):
-            return outbox.put(event, size, wake=False)
-        return outbox.put(event, size)
+        # Without the eager send (trio) this wakes the writer at once: a handler that sends
+        # and then awaits (progress reports, say) must not hold its frames until it returns.
+        return self.outbox.put(event, size)
 
     async def send_error(self, code: str, detail: str, *, ref: Ref = None) -> None:
         """Answer the peer with an error frame; the connection stays open."""
@@ -600,13 +566,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
         task's stack, so a wrapper would cost a level per frame.)
         """
         try:
-            receive, send = self.receive, self.send
+            receive = self.receive
             route = None if self._custom_on_receive else self._routes
             metrics, outbox, guard = self.metrics, self.outbox, self._guard
-            pending = outbox.queue
             monotonic = time.monotonic
-            self._task_of = _current_task_getter()
-            self._loop_task = self._task_of()
             codec = self._codec
             decode = self._decode = codec.decoder(self.wire) if codec is not None else None
             bucket = self._bucket
@@ -660,8 +623,6 @@ class RealtimeEndpoint(WebSocketEndpoint):
                     self._queue_error("unavailable", str(exc), getattr(data, "ref", None))
                 finally:
                     self._handling_since = None
-                if pending:
-                    await outbox.flush(send)
         except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
             outcome.append(exc.code)
         except OSError:

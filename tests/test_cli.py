@@ -59,6 +59,9 @@ def test_zero_turns_a_limit_off_where_the_help_says_so(flag: str) -> None:
         ("--rate", "-1", "must be 0 (off) or more, not -1.0"),
         ("--max-connections", "-5", "must be 0 (off) or more, not -5"),
         ("--idle-timeout", "x", "invalid float value: 'x'"),
+        ("--port", "70000", "must be 0 to 65535, not 70000"),
+        ("--port", "-1", "must be 0 to 65535, not -1"),
+        ("--workers", "0", "must be 1 or more, not 0"),
     ],
 )
 def test_a_limit_that_cannot_be_off_refuses_0_with_a_usage_error(
@@ -119,3 +122,11 @@ def test_rtkit_serve_runs_the_demo() -> None:
             watcher.join(5)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def test_a_jwt_secret_that_is_not_text_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # What an environment variable of undecodable bytes becomes in Python (surrogate escapes).
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--jwt-secret", "\udcff" * 40])
+    assert exited.value.code == 2
+    assert "--jwt-secret (or RTKIT_JWT_SECRET)" in capsys.readouterr().err

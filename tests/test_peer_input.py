@@ -214,3 +214,44 @@ async def test_a_client_waiting_for_a_slow_handler_is_not_idle() -> None:
     await _serve(SlowWorker, peer)
     assert peer.replies() == [{"type": "done"}, ("close", 1001)]
     assert len(SlowWorker.finished) == 1
+
+
+class Step(msgspec.Struct, tag="step"):
+    pass
+
+
+class Progress(RealtimeEndpoint):
+    """Reports that it started, then waits for the client to have seen that, then finishes."""
+
+    inbound = Step
+    limits = Limits(rate=None)
+    seen_started: ClassVar[anyio.Event]
+
+    async def on_step(self, websocket: WebSocket, message: Step) -> None:
+        await self.send_message({"type": "started"})
+        await self.seen_started.wait()  # only the frame above, sent already, can end this
+        await self.send_message({"type": "done"})
+
+
+async def test_a_frame_a_handler_sends_goes_out_before_the_handler_returns() -> None:
+    # On trio (no eager send) the writer task sends: a handler that reports progress and then
+    # awaits must not have its frames held until it returns.
+    Progress.seen_started = anyio.Event()
+    seen_done = anyio.Event()
+
+    class Watching(Peer):
+        async def send(self, message: Message) -> None:
+            await super().send(message)
+            if message.get("text") == '{"type":"started"}':
+                Progress.seen_started.set()
+            elif message.get("text") == '{"type":"done"}':
+                seen_done.set()
+
+    peer = Watching(['{"type":"step"}'], then_wait=True)
+    with anyio.move_on_after(10) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, Progress, peer)
+            await seen_done.wait()
+            tg.cancel_scope.cancel()
+    assert not scope.cancelled_caught, "the handler's first frame was held until it returned"
+    assert peer.replies() == [{"type": "started"}, {"type": "done"}]
