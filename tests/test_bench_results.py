@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 import msgspec
 
@@ -108,3 +109,64 @@ def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
     chart = ET.fromstring(render_svg(report))
     dashed = [line for line in chart.iter("{http://www.w3.org/2000/svg}line") if line.get("stroke-dasharray")]
     assert len(dashed) == 1  # one floor tick, on the tutorial bar; raw ASGI's own ratio has no bar
+
+
+def test_a_lost_repeat_keeps_its_series_out_of_per_repeat_pairs() -> None:
+    # rtkit lost repeat 1, the baseline repeat 2: pairing the survivors by position would put
+    # figures of different repeats side by side. The ratio falls back to the medians.
+    from benchmarks.e2e.bench import Collector
+    from benchmarks.e2e.loadgen import LoadResult
+    from benchmarks.e2e.processes import BenchProcessError
+
+    def result(value: float) -> Callable[[], LoadResult]:
+        return lambda: LoadResult(metrics={"replies_per_s": value})
+
+    def failure() -> LoadResult:
+        raise BenchProcessError("the client died")
+
+    collector = Collector()
+    for mine, theirs in ((result(90), result(100)), (failure, result(200)), (result(270), failure)):
+        collector.record(("echo", "1 connections", "rtkit"), mine)
+        collector.record(("echo", "1 connections", "raw-asgi"), theirs)
+    section = Section(name="e2e", title="e2e", description="", measurements=collector.measurements())
+    rtkit = section.find("echo", "1 connections", "rtkit")
+    assert rtkit is not None
+    assert rtkit.samples == {}
+    assert "a repeat failed: ratios use medians, not per-repeat pairs" in rtkit.notes
+    ratio = add_ratio(
+        section, case="echo", param="1 connections", metric="replies_per_s", baseline="raw-asgi"
+    )
+    assert ratio is not None
+    assert ratio.per_repeat == []
+    assert ratio.value == (90 + 270) / 2 / ((100 + 200) / 2)
+    assert len(collector.failures) == 2
+
+
+def test_a_server_that_stays_busy_is_stopped_before_the_next_contender() -> None:
+    import subprocess
+    import sys
+
+    from benchmarks.e2e.bench import _Servers
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+    class Busy:
+        pid = busy.pid
+        stopped = False
+
+        def stop(self) -> None:
+            Busy.stopped = True
+            busy.kill()
+            busy.wait()
+
+    servers = _Servers(None)
+    servers._running["spinner"] = Busy()  # type: ignore[assignment]
+    try:
+        assert servers.settle("spinner", max_wait=0.5) is False
+        assert Busy.stopped
+        assert "spinner" not in servers._running
+        assert servers.settle("spinner") is True  # nothing running: nothing to wait for
+    finally:
+        if busy.poll() is None:
+            busy.kill()
+            busy.wait()

@@ -146,6 +146,9 @@ def _starlette() -> ASGIApp:
 
         async def on_receive(self, websocket: WebSocket, data: Any) -> None:
             say = json.loads(data)
+            # The same checks as the echo above and the other contenders' chat.
+            if say.get("type") != "say" or not isinstance(say.get("text"), str):
+                raise ValueError("not a say frame")
             room = websocket.path_params["room"]
             text = json.dumps(
                 {

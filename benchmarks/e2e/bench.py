@@ -8,7 +8,10 @@ count, idle connections, and a broadcast with one member that stops reading.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
+
+import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
 
 from benchmarks._results import Measurement, Section, add_ratio, merge_samples
 from benchmarks.e2e.loadgen import LoadResult, LoadSpec
@@ -67,12 +70,15 @@ class Collector:
     def __init__(self) -> None:
         self.runs: dict[Key, list[LoadResult]] = {}
         self.failures: list[str] = []
+        self.incomplete: set[Key] = set()
+        """Keys that lost a repeat: their series no longer line up repeat for repeat."""
 
     def record(self, key: Key, produce: Callable[[], LoadResult]) -> None:
         try:
             self.runs.setdefault(key, []).append(produce())
         except BenchProcessError as exc:
             self.failures.append(f"{' / '.join(key)}: {exc}")
+            self.incomplete.add(key)
 
     def measurements(self) -> list[Measurement]:
         out = []
@@ -83,6 +89,11 @@ class Collector:
                 for name, ok in r.checks.items():
                     checks[name] = checks.get(name, True) and ok
             notes = sorted({note for r in results for note in r.notes})
+            if (case, param, contender) in self.incomplete:
+                # Paired per-repeat ratios would pair figures of different repeats: keep the
+                # medians only, and say why.
+                samples = {}
+                notes.append("a repeat failed: ratios use medians, not per-repeat pairs")
             out.append(
                 Measurement(
                     case=case,
@@ -164,6 +175,33 @@ class _Servers:
             server.stop()
         self._running.clear()
 
+    def settle(self, app: str, max_wait: float = 15.0, interval: float = 0.1) -> bool:
+        """Wait until ``app``'s server stops using its core; a server that does not is stopped.
+
+        A server can stay busy after its client has gone (a large room's frames still going out
+        to closed sockets): the next contender's window, on the same core, would pay for it.
+        """
+        server = self._running.get(app)
+        if server is None:
+            return True
+        proc = psutil.Process(server.pid)
+
+        def cpu() -> float:
+            times = proc.cpu_times()
+            return float(times.user + times.system)
+
+        deadline = time.monotonic() + max_wait
+        last = cpu()
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            now = cpu()
+            if now - last < interval * 0.05:
+                return True
+            last = now
+        server.stop()
+        del self._running[app]
+        return False
+
 
 def _one_repeat(settings: Settings, contenders: list[str], repeat: int, pin: bool, out: Collector) -> None:
     """Every case once, the contenders of each case measured one right after the other.
@@ -191,6 +229,8 @@ def _one_repeat(settings: Settings, contenders: list[str], repeat: int, pin: boo
             welcome = app.startswith("rtkit")
             spec = _broadcast_spec(settings, server, pin, broadcast, welcome=welcome, room=room, **fields)
         out.record(key, functools.partial(run_client, spec))
+        if not servers.settle(app):
+            out.failures.append(f"{app}: still busy 15 s after {' / '.join(key)}; restarted")
 
     try:
         for n in settings.echo_connections:
