@@ -488,19 +488,29 @@ def test_the_sequence_tracker_drops_a_number_it_has_seen() -> None:
     ]
 
 
-async def test_publish_state_stays_bounded_across_many_channels(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from rtkit.backends import redis as redis_module
-
-    monkeypatch.setattr(redis_module, "_MAX_OUTGOING", 3)
+@contextlib.asynccontextmanager
+async def _pair(redis_url: str, channel: str) -> AsyncIterator[tuple[RedisBackend, Recorder]]:
+    """A publishing backend, and a second one subscribed to ``channel`` recording what comes."""
     prefix = unique_prefix()
     publisher, listener = _backend(redis_url, prefix), _backend(redis_url, prefix)
     received = Recorder()
     await publisher.startup(Recorder())
     await listener.startup(received)
     try:
-        await listener.subscribe("first")
+        await listener.subscribe(channel)
+        yield publisher, received
+    finally:
+        await publisher.shutdown()
+        await listener.shutdown()
+
+
+async def test_publish_state_stays_bounded_across_many_channels(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rtkit.backends import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "_MAX_OUTGOING", 3)
+    async with _pair(redis_url, "first") as (publisher, received):
         await publisher.publish("first", b"1")
         for n in range(5):  # pushes "first" out of the remembered channels
             await publisher.publish(f"other{n}", b"x")
@@ -512,9 +522,6 @@ async def test_publish_state_stays_bounded_across_many_channels(
             await received.wait_for(lambda: len(received.messages) == 3)
         assert received.received("first") == [b"1", b"2", b"3"]
         assert received.gaps == []  # a restarted count is not a loss
-    finally:
-        await publisher.shutdown()
-        await listener.shutdown()
 
 
 async def test_subscribes_that_fail_during_an_outage_leave_nothing_behind(
@@ -551,22 +558,6 @@ async def test_subscribes_that_fail_during_an_outage_leave_nothing_behind(
     await backend.subscribe("after")
     assert set(subscriber._wanted.values()) == {"after"}
     await backend.shutdown()
-
-
-@contextlib.asynccontextmanager
-async def _pair(redis_url: str, channel: str) -> AsyncIterator[tuple[RedisBackend, Recorder]]:
-    """A publishing backend, and a second one subscribed to ``channel`` recording what comes."""
-    prefix = unique_prefix()
-    publisher, listener = _backend(redis_url, prefix), _backend(redis_url, prefix)
-    received = Recorder()
-    await publisher.startup(Recorder())
-    await listener.startup(received)
-    try:
-        await listener.subscribe(channel)
-        yield publisher, received
-    finally:
-        await publisher.shutdown()
-        await listener.shutdown()
 
 
 async def test_a_publish_resent_by_the_client_library_is_delivered_once(
