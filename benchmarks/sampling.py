@@ -52,6 +52,7 @@ DEFAULT_OUT = Path(__file__).absolute().parent / "results" / "profile"
 DEFAULT_APPS = ("rtkit", "raw-asgi", "starlette", "fastapi-tutorial")
 
 EVENT_LOOP = "event loop (uvloop, in C)"
+PROTOCOL = "rtkit's uvicorn protocol"
 UNREADABLE = "stack not readable"
 # The first component of a frame's file as py-spy shortens it (``uvicorn/server.py``), and the
 # layer it belongs to. Order is the tables' order.
@@ -67,7 +68,16 @@ _PACKAGES: dict[str, str] = {
     "wsproto": "WebSocket protocol (websockets, wsproto)",
     "asyncio": "asyncio (Python part)",
 }
-LAYERS: tuple[str, ...] = (*dict.fromkeys(_PACKAGES.values()), EVENT_LOOP, "other", UNREADABLE)
+_NAMED = tuple(dict.fromkeys(_PACKAGES.values()))
+# rtkit's uvicorn protocol is a module of rtkit, charged apart: it replaces part of the stack.
+LAYERS: tuple[str, ...] = (
+    *_NAMED[: _NAMED.index("uvicorn") + 1],
+    PROTOCOL,
+    *_NAMED[_NAMED.index("uvicorn") + 1 :],
+    EVENT_LOOP,
+    "other",
+    UNREADABLE,
+)
 """Every layer a sample can be charged to, in the order the tables list them."""
 
 
@@ -88,6 +98,8 @@ def layer_of(frame: str) -> str:
     if location.startswith(("asyncio/runners.py", "asyncio/base_events.py")):
         # The loop's run method is where time spent inside uvloop's C code shows up.
         return EVENT_LOOP
+    if location.startswith("rtkit/uvicorn_protocol.py"):
+        return PROTOCOL
     return _PACKAGES.get(location.partition("/")[0], "other")
 
 

@@ -12,6 +12,7 @@ ProfileName: TypeAlias = Literal["full", "quick", "smoke"]
 
 E2E_CONTENDERS = ("rtkit", "raw-asgi", "starlette", "fastapi-tutorial")
 BROADCAST_EXTRAS = ("rtkit-router",)
+PROTOCOL_EXTRAS = ("rtkit-fast", "raw-asgi-fast")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,6 +31,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     e2e_contenders: tuple[str, ...] = E2E_CONTENDERS
     broadcast_extras: tuple[str, ...] = BROADCAST_EXTRAS
     """More contenders for the healthy broadcasts only (rtkit served another way)."""
+    protocol_extras: tuple[str, ...] = PROTOCOL_EXTRAS
+    """More contenders for echo and the healthy broadcasts: served on rtkit's uvicorn protocol."""
     e2e_repeats: int
     e2e_seconds: float
     """Measured seconds of one load run (after its warm-up)."""

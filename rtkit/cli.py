@@ -15,8 +15,22 @@ from rtkit.limits import Limits
 
 __all__ = ["build_parser", "limits_from", "main"]
 
-WS_IMPLEMENTATIONS = ("auto", "websockets-sansio", "websockets", "wsproto")
+WS_IMPLEMENTATIONS = ("rtkit", "auto", "websockets-sansio", "websockets", "wsproto")
+_FAST_PROTOCOL = "rtkit.uvicorn_protocol:FastWebSocketProtocol"
 _DEFAULTS = Limits()
+
+
+def _ws_protocol(choice: str | None) -> str:
+    """uvicorn's ``ws`` option for ``--ws``: rtkit's fast protocol if it can run, when unset."""
+    if choice not in (None, "rtkit"):
+        return choice
+    try:
+        import rtkit.uvicorn_protocol  # noqa: F401  # needs the websockets library
+    except ImportError as exc:
+        if choice == "rtkit":
+            build_parser().error(f"--ws rtkit: {exc}")
+        return "auto"
+    return _FAST_PROTOCOL
 
 
 def _off_if_zero(value: float) -> float | None:
@@ -131,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port to bind (0: any free one)")
     serve.add_argument(
-        "--ws", choices=WS_IMPLEMENTATIONS, default="auto", help="uvicorn's WebSocket implementation"
+        "--ws",
+        choices=WS_IMPLEMENTATIONS,
+        default=None,
+        help="uvicorn's WebSocket implementation; rtkit: its websockets-sansio with rtkit's fast "
+        "path for whole data frames (the default when the websockets library is installed, "
+        "else auto)",
     )
     serve.add_argument(
         "--ws-per-message-deflate",
@@ -213,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             JWTAuthenticator(args.jwt_secret)
         except (ConfigurationError, UnicodeError) as exc:
             build_parser().error(f"--jwt-secret (or RTKIT_JWT_SECRET): {exc}")
+    ws = _ws_protocol(args.ws)
     import uvicorn
 
     from rtkit.demo.app import SETTINGS_ENV, DemoSettings
@@ -233,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        ws=args.ws,
+        ws=ws,
         ws_per_message_deflate=args.ws_per_message_deflate,
         # uvicorn refuses larger frames itself, before buffering them, with the same 1009.
         ws_max_size=limits.max_message_bytes,

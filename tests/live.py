@@ -9,6 +9,8 @@ import anyio
 from websockets.asyncio.client import ClientConnection
 
 TIMEOUT = 10.0
+FAST_PROTOCOL = "rtkit.uvicorn_protocol:FastWebSocketProtocol"
+"""rtkit's uvicorn protocol, as uvicorn's ``ws`` option: the live tests run on it too."""
 
 
 async def recv_json(ws: ClientConnection) -> Any:

@@ -106,6 +106,19 @@ def test_e2e(report: Report) -> None:
         assert broadcast.checks == {"exact_delivery": True}
         assert section.find("echo", f"{SMOKE.echo_connections[0]} connections", extra) is None
         assert any(r.contender == extra and r.baseline == "raw-asgi" for r in section.ratios)
+    echo_param = f"{SMOKE.echo_connections[0]} connections"
+    broadcast_param = f"{SMOKE.broadcast_members[0]} members"
+    for extra in SMOKE.protocol_extras:  # served on rtkit's uvicorn protocol: echo and broadcasts
+        assert section.find("echo", echo_param, extra) is not None
+        broadcast = section.find("broadcast", broadcast_param, extra)
+        assert broadcast is not None
+        assert broadcast.checks == {"exact_delivery": True}
+    assert any(r.contender == "rtkit-fast" and r.baseline == "raw-asgi-fast" for r in section.ratios)
+    fast_targets = {(r.case, r.baseline) for r in section.ratios if r.contender == "rtkit-fast" and r.target}
+    expected = {("echo", "raw-asgi"), ("broadcast", "raw-asgi")}
+    if "fastapi-tutorial" in SMOKE.e2e_contenders:
+        expected.add(("echo", "fastapi-tutorial"))
+    assert expected <= fast_targets
     targets = {(r.case, r.baseline, r.target) for r in section.ratios if r.target is not None}
     assert ("echo", "raw-asgi", 0.9) in targets
     assert ("broadcast", "raw-asgi", 0.85) in targets

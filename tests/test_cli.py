@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from rtkit import __version__
-from rtkit.cli import build_parser, limits_from, main
+from rtkit.cli import _ws_protocol, build_parser, limits_from, main
 
 
 def test_serve_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,7 +34,23 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_defaults_keep_deflate_off() -> None:
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.ws, args.ws_per_message_deflate) == ("127.0.0.1", 8000, "auto", False)
+    assert (args.host, args.port, args.ws, args.ws_per_message_deflate) == ("127.0.0.1", 8000, None, False)
+
+
+def test_serve_runs_on_rtkits_fast_protocol_unless_told_otherwise() -> None:
+    assert _ws_protocol(None) == _ws_protocol("rtkit") == "rtkit.uvicorn_protocol:FastWebSocketProtocol"
+    assert _ws_protocol("wsproto") == "wsproto"
+
+
+def test_without_the_websockets_library_serve_falls_back_to_uvicorns_choice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "rtkit.uvicorn_protocol", None)  # its import now fails
+    assert _ws_protocol(None) == "auto"
+    with pytest.raises(SystemExit) as exited:
+        _ws_protocol("rtkit")
+    assert exited.value.code == 2
+    assert "--ws rtkit:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", ["--rate", "--max-connections", "--max-connections-per-principal"])

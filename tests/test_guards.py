@@ -1,4 +1,4 @@
-"""The guards over real sockets, under uvicorn's websockets-sansio and wsproto.
+"""The guards over real sockets, under uvicorn's websockets-sansio, wsproto and rtkit's fast protocol.
 
 Each test asserts the exact close code or error frame the guard answers with, AND that a
 witness client on the same server kept receiving every event meanwhile.
@@ -27,7 +27,7 @@ from rtkit.auth import JWTAuthenticator, create_token
 from rtkit.demo.secure import SecureTopicEndpoint
 from rtkit.messages import Envelope
 from rtkit.testing import LiveServer
-from tests.live import RawClient, frames_until_closed, recv_json, send_json
+from tests.live import FAST_PROTOCOL, RawClient, frames_until_closed, recv_json, send_json
 
 pytestmark = pytest.mark.anyio
 
@@ -94,14 +94,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module", params=["websockets-sansio", "wsproto"])
+@pytest.fixture(scope="module", params=["websockets-sansio", "wsproto", FAST_PROTOCOL])
 def server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     # Quick keepalive pings: a loop blocked by a slow handler would fail them within 1.5 s.
     with LiveServer(build_app(), ws=request.param, ws_ping_interval=0.5, ws_ping_timeout=1.0) as live:
         yield live
 
 
-@pytest.fixture(scope="module", params=["websockets-sansio", "wsproto"])
+@pytest.fixture(scope="module", params=["websockets-sansio", "wsproto", FAST_PROTOCOL])
 def quiet_server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     # No keepalive pings: a client that never reads never answers one either, and the server
     # would drop it for that (after 1.5 s with the fixture above) before its outbox overflowed.

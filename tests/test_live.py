@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from rtkit.demo import create_app
 from rtkit.testing import LiveServer
-from tests.live import recv_json, recv_until, send_json
+from tests.live import FAST_PROTOCOL, recv_json, recv_until, send_json
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +26,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module", params=["websockets-sansio", "wsproto"])
+@pytest.fixture(scope="module", params=["websockets-sansio", "wsproto", FAST_PROTOCOL])
 def server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     with LiveServer(create_app(), ws=request.param) as live:
         yield live

@@ -37,6 +37,7 @@ _SERVING = "_run_module_as_main (<frozen runpy>:198);Runner.run (asyncio/runners
             "uvicorn",
         ),
         ("Frame.parse (websockets/frames.py:327)", "WebSocket protocol (websockets, wsproto)"),
+        ("FastWebSocketProtocol.send (rtkit/uvicorn_protocol.py:216)", "rtkit's uvicorn protocol"),
         ("WSProtocol.handle_events (wsproto/connection.py:10)", "WebSocket protocol (websockets, wsproto)"),
         ("_raw_asgi.<locals>.echo (benchmarks/e2e/apps.py:74)", "the contender's own code"),
         ("BaseModel.model_validate_json (pydantic/main.py:700)", "pydantic"),

@@ -14,6 +14,9 @@ The contenders:
   app does), memory hub;
 - ``rtkit-router``: the same endpoints with the ``RealtimeRouter`` itself as the server's app
   (no host app, so no middleware wraps ``send``); measured in the healthy broadcasts only;
+- ``rtkit-fast``, ``raw-asgi-fast``: rtkit and the raw ASGI app served on rtkit's uvicorn
+  protocol (``rtkit.uvicorn_protocol``, what ``rtkit serve`` runs) instead of uvicorn's
+  ``websockets-sansio``; measured in echo and the healthy broadcasts;
 - ``raw-asgi``: a framework-free ASGI app, the floor of the stack: msgspec decode, encode once,
   one shared event dict sent to each member in turn;
 - ``starlette``: ``WebSocketEndpoint`` classes with stdlib ``json`` and a global set of sockets;
@@ -43,7 +46,7 @@ from rtkit.endpoint import RealtimeEndpoint
 from rtkit.limits import Limits
 from rtkit.messages import Say
 
-__all__ = ["APPS", "TypedEcho", "build", "rtkit_app"]
+__all__ = ["APPS", "FAST_PROTOCOL", "STOCK_PROTOCOL", "TypedEcho", "build", "rtkit_app", "ws_protocol"]
 
 
 # -- raw ASGI ---------------------------------------------------------------------------------
@@ -294,11 +297,23 @@ def _under_prefix(app: ASGIApp, prefix: str) -> ASGIApp:
 
 APPS: dict[str, Callable[[], ASGIApp]] = {
     "rtkit": _rtkit,
+    "rtkit-fast": _rtkit,
+    "raw-asgi-fast": _raw_asgi,
     "rtkit-router": _rtkit_served_bare,
     "raw-asgi": _raw_asgi,
     "starlette": _starlette,
     "fastapi-tutorial": _fastapi_tutorial,
 }
+
+
+STOCK_PROTOCOL = "websockets-sansio"
+FAST_PROTOCOL = "rtkit.uvicorn_protocol:FastWebSocketProtocol"
+_PROTOCOLS = {"rtkit-fast": FAST_PROTOCOL, "raw-asgi-fast": FAST_PROTOCOL}
+
+
+def ws_protocol(name: str) -> str:
+    """uvicorn's ``ws`` option for contender ``name``: its own protocol, or uvicorn's."""
+    return _PROTOCOLS.get(name, STOCK_PROTOCOL)
 
 
 def build(name: str) -> ASGIApp:

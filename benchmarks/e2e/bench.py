@@ -234,10 +234,10 @@ def _one_repeat(settings: Settings, contenders: list[str], repeat: int, pin: boo
 
     try:
         for n in settings.echo_connections:
-            for app in contenders:
+            for app in [*contenders, *settings.protocol_extras]:
                 record(("echo", f"{n} connections", app), scenario="echo", connections=n)
         for n in settings.broadcast_members:
-            for app in [*contenders, *settings.broadcast_extras]:
+            for app in [*contenders, *settings.protocol_extras, *settings.broadcast_extras]:
                 record(("broadcast", f"{n} members", app), broadcast=n, room=f"b{n}-r{repeat}")
         for app in contenders:
             key = ("broadcast-large", _large(settings), app)
@@ -311,6 +311,7 @@ def _ratios(section: Section, settings: Settings) -> None:
                 )
                 ratio.floor = floor.value if floor is not None else None
             add_ratio(section, case="echo", param=param, metric="server_cpu_us_per_msg", baseline=baseline)
+        _protocol_ratios(section, settings, "echo", f"{n} connections", "replies_per_s", ECHO_TARGETS)
     for n in settings.broadcast_members:
         for baseline in baselines:
             param = f"{n} members"
@@ -326,6 +327,9 @@ def _ratios(section: Section, settings: Settings) -> None:
             add_ratio(
                 section, case="broadcast", param=param, metric="server_cpu_us_per_delivery", baseline=baseline
             )
+        _protocol_ratios(
+            section, settings, "broadcast", f"{n} members", "deliveries_per_s", BROADCAST_TARGETS
+        )
         for extra in settings.broadcast_extras:
             # rtkit served without a host app, against the floor and against rtkit mounted.
             for baseline in ("raw-asgi", "rtkit"):
@@ -371,3 +375,36 @@ def _ratios(section: Section, settings: Settings) -> None:
                 metric="server_kib_per_connection",
                 baseline=baseline,
             )
+
+
+def _protocol_ratios(
+    section: Section, settings: Settings, case: str, param: str, metric: str, targets: dict[str, float]
+) -> None:
+    """rtkit on its own uvicorn protocol: against the baselines on uvicorn's, with the targets
+    (rtkit as ``rtkit serve`` runs it, against each baseline as its users run it), and against
+    the raw ASGI app on the same protocol (what the protocol gives any app, and what is left
+    of rtkit's own cost)."""
+    if "rtkit-fast" not in settings.protocol_extras:
+        return
+    for baseline in [c for c in settings.e2e_contenders if c != "rtkit"]:
+        ratio = add_ratio(
+            section,
+            case=case,
+            param=param,
+            metric=metric,
+            baseline=baseline,
+            contender="rtkit-fast",
+            target=targets.get(baseline),
+        )
+        if ratio is not None and "raw-asgi-fast" in settings.protocol_extras and baseline != "raw-asgi":
+            floor = add_ratio(
+                section, case=case, param=param, metric=metric, baseline=baseline, contender="raw-asgi-fast"
+            )
+            ratio.floor = floor.value if floor is not None else None
+    if "raw-asgi-fast" in settings.protocol_extras:
+        add_ratio(
+            section, case=case, param=param, metric=metric, baseline="raw-asgi-fast", contender="rtkit-fast"
+        )
+        add_ratio(
+            section, case=case, param=param, metric=metric, baseline="raw-asgi", contender="raw-asgi-fast"
+        )

@@ -1,4 +1,6 @@
-"""The server process: one contender's app on uvicorn (one worker, uvloop, httptools, sansio).
+"""The server process: one contender's app on uvicorn (one worker, uvloop, httptools).
+
+The WebSocket protocol is uvicorn's ``websockets-sansio``, or rtkit's for the ``-fast`` contenders.
 
 Run as ``python -m benchmarks.e2e.server --app NAME [--cpu N]``; it binds 127.0.0.1 on a free
 port and prints ``PORT <n>`` once it accepts connections.
@@ -12,7 +14,7 @@ import sys
 
 import uvicorn
 
-from benchmarks.e2e.apps import build
+from benchmarks.e2e.apps import build, ws_protocol
 from benchmarks.environment import pin, raise_nofile_limit
 
 __all__ = ["main"]
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         app,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=ws_protocol(args.app),
         ws_per_message_deflate=False,
         lifespan="on",
         log_level="error",

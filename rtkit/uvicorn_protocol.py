@@ -1,0 +1,232 @@
+"""A uvicorn WebSocket protocol with a fast path for the frames a real-time app trades most.
+
+uvicorn's ``websockets-sansio`` protocol hands every incoming byte to the websockets library's
+generator-based parser, and builds every outgoing frame as a ``Frame`` object that is then
+serialized and collected. That is general and correct, and for the small whole text and binary
+frames of a chat or a topic feed it is most of a server's cost per message.
+
+``FastWebSocketProtocol`` is that protocol with two shortcuts, each taken only when nothing
+else can be going on:
+
+- **Receiving.** While the connection is open, nothing is left in the websockets parser's
+  buffer and no fragmented message is under way, whole masked text or binary frames within
+  the size limit are parsed here and queued for the app exactly as uvicorn queues them.
+  Anything else (a control frame, a fragment, a reserved bit, an unmasked or oversized frame,
+  text that is not UTF-8) is handed, with every byte after it, to the websockets parser, which
+  answers it as it always does (pong, close handshake, close codes 1002, 1007, 1009).
+- **Sending.** While the connection is open, writable and has nothing else waiting to go out,
+  a ``websocket.send`` is framed here (a server's frames are unmasked: two to ten bytes of
+  header) and written at once. Everything else takes uvicorn's code.
+
+The handshake, keepalive pings, backpressure (reading pauses while the app has a message
+waiting, and sends wait while the transport is paused), per-message deflate (when a client
+negotiates it, every frame takes the general path) and closing are uvicorn's own.
+
+It serves any ASGI app, rtkit's or not. ``rtkit serve`` uses it by default; elsewhere::
+
+    uvicorn app:app --ws rtkit.uvicorn_protocol:FastWebSocketProtocol
+
+or ``uvicorn.run(app, ws=FastWebSocketProtocol)``. It needs uvicorn's ``websockets-sansio``
+protocol (uvicorn 0.35 or later) and the websockets library (``pip install 'rtkit[speed]'``).
+Where the installed websockets lacks the parser state the fast path checks, every frame takes
+uvicorn's code and a warning says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.protocol import State
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "rtkit.uvicorn_protocol needs uvicorn 0.35 or later and the websockets library: "
+        "pip install 'rtkit[speed]'"
+    ) from exc
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["FastWebSocketProtocol"]
+
+_logger = logging.getLogger("rtkit.uvicorn_protocol")
+
+# A whole (FIN) frame's first byte: text and binary, no reserved bits.
+_FIN_TEXT = 0x81
+_FIN_BINARY = 0x82
+_MASKED = 0x80
+_OPEN = State.OPEN
+
+
+def _has_parser_state(conn: Any) -> bool:
+    """Whether ``conn`` exposes the state the receive shortcut must check before it runs."""
+    reader = getattr(conn, "reader", None)
+    return (
+        isinstance(getattr(reader, "buffer", None), bytearray)
+        and hasattr(conn, "current_size")
+        and hasattr(conn, "max_message_size")
+        and isinstance(getattr(conn, "writes", None), list)
+    )
+
+
+def _frame_bounds(data: bytes, pos: int) -> tuple[int, int]:
+    """Where the payload of the client frame at ``pos`` starts and where the frame ends.
+
+    A negative start means the header is incomplete: minus how many more bytes it needs.
+    """
+    available = len(data) - pos
+    length = data[pos + 1] & 0x7F
+    if length < 126:
+        start = pos + 6  # two bytes, then the 4-byte mask
+    elif length == 126:
+        if available < 4:
+            return available - 4, 0
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        start = pos + 8
+    else:
+        if available < 10:
+            return available - 10, 0
+        length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        start = pos + 14
+    return start, start + length
+
+
+class FastWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol with fast paths for whole data frames.
+
+    Pass the class (or ``"rtkit.uvicorn_protocol:FastWebSocketProtocol"``) as uvicorn's ``ws``
+    option. See the module's documentation for what takes the fast path and what does not.
+    """
+
+    _warned_no_fast_path = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast = _has_parser_state(self.conn)
+        if not self._fast and not FastWebSocketProtocol._warned_no_fast_path:
+            FastWebSocketProtocol._warned_no_fast_path = True
+            _logger.warning(
+                "this websockets version lacks the parser state rtkit's fast path checks; "
+                "every frame takes uvicorn's code"
+            )
+        # An incomplete frame taken on the fast path, and how long it must grow before it can
+        # be looked at again (so a peer trickling bytes costs one append per read, not a copy
+        # of everything so far).
+        self._partial: bytearray | None = None
+        self._partial_needs = 0
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Parse whole data frames here while nothing else is under way; the rest as uvicorn."""
+        partial = self._partial
+        if partial is not None:
+            partial += data
+            if len(partial) < self._partial_needs:
+                return
+            self._partial = None
+            data = bytes(partial)
+        if self._can_take_frames():
+            self._take_frames(data)
+        else:
+            super().data_received(data)
+
+    def _can_take_frames(self) -> bool:
+        conn = self.conn
+        return (
+            self._fast
+            and conn.state is _OPEN
+            and not self.close_sent
+            and not conn.reader.buffer  # the websockets parser sits at a frame boundary
+            and conn.current_size is None  # and no fragmented message is under way
+            and not conn.extensions
+            and not conn.debug  # websockets logs every frame then: let it
+        )
+
+    def _take_frames(self, data: bytes) -> None:
+        limit = self.conn.max_message_size
+        queue = self.queue
+        size = len(data)
+        pos = 0
+        queued = False
+        general_from = size  # where the first frame this path does not take starts
+        while pos < size:
+            if size - pos < 2:
+                self._keep_partial(data, pos, 2)
+                break
+            first = data[pos]
+            if (first != _FIN_TEXT and first != _FIN_BINARY) or not data[pos + 1] & _MASKED:
+                general_from = pos
+                break
+            start, end = _frame_bounds(data, pos)
+            if start < 0:
+                self._keep_partial(data, pos, size - pos - start)
+                break
+            if limit is not None and end - start > limit:
+                general_from = pos  # the websockets parser refuses it with 1009
+                break
+            if end > size:
+                self._keep_partial(data, pos, end - pos)
+                break
+            payload = apply_mask(data[start:end], data[start - 4 : start])
+            if first == _FIN_TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    general_from = pos  # uvicorn's handling closes with 1007
+                    break
+                queue.put_nowait({"type": "websocket.receive", "text": text})
+            else:
+                queue.put_nowait({"type": "websocket.receive", "bytes": payload})
+            queued = True
+            pos = end
+        if queued and not self.read_paused:
+            # As uvicorn does: no more reading until the app has taken what is queued.
+            self.read_paused = True
+            self.transport.pause_reading()
+        if general_from < size:
+            super().data_received(data[general_from:] if general_from else data)
+
+    def _keep_partial(self, data: bytes, pos: int, needs: int) -> None:
+        """Hold the incomplete frame at ``pos`` until ``needs`` bytes of it are here."""
+        self._partial = bytearray(data[pos:] if pos else data)
+        self._partial_needs = needs
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def send(self, message: Any) -> None:
+        """Frame and write a ``websocket.send`` here when the socket can take it; else uvicorn."""
+        if (
+            message["type"] == "websocket.send"
+            and self._fast
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.initial_response is None
+            and self.writable.is_set()
+        ):
+            conn = self.conn
+            if conn.state is _OPEN and not conn.writes and not conn.extensions and not conn.debug:
+                text = message.get("text")
+                if text is not None:
+                    self.transport.write(_frame(0x81, text.encode()))
+                    return
+                data = message.get("bytes")
+                if data is not None:
+                    self.transport.write(_frame(0x82, data))
+                    return
+        await super().send(message)
+
+
+def _frame(first: int, payload: bytes) -> bytes:
+    """An unmasked server frame: ``first`` is FIN and the opcode."""
+    length = len(payload)
+    if length < 126:
+        return bytes((first, length)) + payload
+    if length < 0x10000:
+        return bytes((first, 126)) + length.to_bytes(2, "big") + payload
+    return bytes((first, 127)) + length.to_bytes(8, "big") + payload

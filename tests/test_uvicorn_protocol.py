@@ -1,0 +1,442 @@
+"""``FastWebSocketProtocol`` against uvicorn's own ``websockets-sansio`` protocol.
+
+The differential tests feed both protocols the same bytes, cut into the same pieces, and
+require the same result: the same messages queued for the app, the same bytes written back,
+the same close. The live tests run real clients against it over loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.asyncio.client import connect
+
+from rtkit import uvicorn_protocol
+from rtkit.testing import LiveServer
+from rtkit.uvicorn_protocol import FastWebSocketProtocol
+from tests.live import TIMEOUT, RawClient
+
+pytestmark = pytest.mark.anyio
+
+MAX_SIZE = 70_000
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """uvicorn's protocols and the `websockets` client run on asyncio only."""
+    return "asyncio"
+
+
+class FakeTransport:
+    """What the protocols write, and whether they paused, resumed or closed."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.paused = False
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Driven:
+    """One protocol instance, driven by the test instead of a socket and an app."""
+
+    def __init__(self, cls: type[WebSocketsSansIOProtocol], app_done: asyncio.Event) -> None:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await app_done.wait()
+
+        config = uvicorn.Config(app, ws_max_size=MAX_SIZE, ws_ping_interval=None, log_level="critical")
+        config.load()
+        self.protocol: Any = cls(config, ServerState(), {})  # driven with plain dicts
+        self.transport = FakeTransport()
+        self.protocol.connection_made(self.transport)  # type: ignore[arg-type]
+
+    async def open(self) -> None:
+        self.protocol.data_received(HANDSHAKE)
+        await self.protocol.send({"type": "websocket.accept"})
+        assert self.drain() == [{"type": "websocket.connect"}]
+        self.transport.written.clear()
+
+    def feed(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            if self.transport.closed:
+                return
+            self.protocol.data_received(piece)
+
+    def drain(self) -> list[Any]:
+        events = []
+        while not self.protocol.queue.empty():
+            events.append(self.protocol.queue.get_nowait())
+        return events
+
+    def outcome(self) -> tuple[list[Any], bytes, bool, bool]:
+        return self.drain(), bytes(self.transport.written), self.transport.closed, self.protocol.read_paused
+
+
+def client_frame(
+    payload: bytes, opcode: int = 0x1, *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
+    """A frame as a client sends it (masked, unless a test says otherwise)."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    length = len(payload)
+    flag = 0x80 if mask else 0
+    if length < 126:
+        header = struct.pack("!BB", first, flag | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, flag | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, flag | 127, length)
+    if not mask:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def random_text(rng: random.Random, size: int) -> bytes:
+    alphabet = 'abcxyz 0123456789"{}:,é€😀'
+    text = "".join(rng.choice(alphabet) for _ in range(size))
+    return text.encode()
+
+
+def random_stream(rng: random.Random) -> bytes:
+    """Valid traffic: data frames of every length class, pings, pongs and fragmented messages."""
+    out = []
+    for _ in range(rng.randint(1, 30)):
+        kind = rng.random()
+        size = rng.choice([0, 1, 5, 60, 125, 126, 127, 300, 65535, 65536, 69_000])
+        if kind < 0.45:
+            out.append(client_frame(random_text(rng, size)[:size] if size < 2000 else b"x" * size))
+        elif kind < 0.7:
+            out.append(client_frame(rng.randbytes(size), 0x2))
+        elif kind < 0.8:
+            out.append(client_frame(rng.randbytes(rng.randint(0, 125)), 0x9))
+        elif kind < 0.85:
+            out.append(client_frame(rng.randbytes(4), 0xA))
+        else:
+            out.append(client_frame(b"part one ", 0x1, fin=False))
+            if rng.random() < 0.5:
+                out.append(client_frame(b"ping inside", 0x9))
+            out.append(client_frame(b"part two ", 0x0, fin=False))
+            out.append(client_frame(b"end", 0x0))
+    return b"".join(out)
+
+
+def cut(rng: random.Random, data: bytes) -> list[bytes]:
+    """``data`` in pieces: single bytes, small reads and large ones."""
+    pieces = []
+    pos = 0
+    while pos < len(data):
+        step = rng.choice([1, 2, 3, 7, 64, 1000, 70_000, len(data)])
+        pieces.append(data[pos : pos + step])
+        pos += step
+    return pieces
+
+
+async def both(pieces: list[bytes]) -> tuple[Any, Any]:
+    """Feed the same pieces to uvicorn's protocol and to the fast one; their outcomes."""
+    app_done = asyncio.Event()
+    stock = Driven(WebSocketsSansIOProtocol, app_done)
+    fast = Driven(FastWebSocketProtocol, app_done)
+    for driven in (stock, fast):
+        await driven.open()
+        driven.feed(pieces)
+    outcomes = stock.outcome(), fast.outcome()
+    app_done.set()
+    await asyncio.sleep(0)  # let both app tasks end
+    return outcomes
+
+
+def text_of(text: str) -> dict[str, Any]:
+    return {"type": "websocket.receive", "text": text}
+
+
+@pytest.mark.parametrize("seed", range(60))
+async def test_random_traffic_in_random_pieces_gives_what_uvicorn_gives(seed: int) -> None:
+    rng = random.Random(seed)
+    stream = random_stream(rng)
+    stock, fast = await both(cut(rng, stream))
+    assert fast == stock
+    assert stock[0], "the stream carried messages"
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("unmasked", client_frame(b"hello", mask=False)),
+        ("reserved bit", client_frame(b"hello", rsv=0x40)),
+        ("reserved opcode", client_frame(b"hello", 0x3)),
+        ("invalid UTF-8", client_frame(b"caf\xc3")),
+        ("oversized", client_frame(b"x" * (MAX_SIZE + 1), 0x2)),
+        ("oversized header only", client_frame(b"x" * (MAX_SIZE + 1), 0x2)[:10]),
+        ("close", client_frame(struct.pack("!H", 1000) + b"bye", 0x8)),
+        ("continuation first", client_frame(b"lost", 0x0)),
+        ("text inside a fragmented message", client_frame(b"a", fin=False) + client_frame(b"b")),
+    ],
+)
+@pytest.mark.parametrize("piece", [1, 3, 1 << 20])
+async def test_bad_frames_after_good_ones_get_uvicorns_answer(name: str, bad: bytes, piece: int) -> None:
+    good = client_frame(b'{"type":"say","text":"hi"}') + client_frame(b"\x00\x01", 0x2)
+    data = good + bad + client_frame(b"after")
+    pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
+    stock, fast = await both(pieces)
+    good_events = [text_of('{"type":"say","text":"hi"}'), {"type": "websocket.receive", "bytes": b"\x00\x01"}]
+    # The same answer to the bad frame: the same bytes written (a close frame), the same close.
+    assert fast[1:3] == stock[1:3]
+    assert stock[2], "the connection was closed"
+    # uvicorn drops the messages that came in the same read as a protocol error; the fast
+    # path hands them to the app first. Otherwise the same events.
+    assert fast[0] == good_events + [event for event in stock[0] if event not in good_events]
+    assert fast[0][-1]["type"] == "websocket.disconnect"
+
+
+async def test_the_app_is_given_whole_messages_and_reading_pauses_until_it_takes_them() -> None:
+    app_done = asyncio.Event()
+    fast = Driven(FastWebSocketProtocol, app_done)
+    await fast.open()
+    frames = client_frame(b"one") + client_frame(b"two")
+    fast.feed([frames[:4]])
+    assert fast.protocol.queue.empty()
+    assert not fast.transport.paused
+    fast.feed([frames[4:]])
+    assert fast.transport.paused
+    assert await fast.protocol.receive() == text_of("one")
+    assert fast.transport.paused  # one message still waits
+    assert await fast.protocol.receive() == text_of("two")
+    assert not fast.transport.paused
+    app_done.set()
+
+
+async def test_a_trickled_frame_is_not_copied_again_for_every_byte() -> None:
+    app_done = asyncio.Event()
+    fast = Driven(FastWebSocketProtocol, app_done)
+    await fast.open()
+    frame = client_frame(b"y" * 60_000, 0x2)
+    lengths = []
+    for i in range(len(frame) - 1):
+        fast.protocol.data_received(frame[i : i + 1])
+        partial = fast.protocol._partial
+        lengths.append(len(partial) if partial is not None else 0)
+    # The incomplete frame only grows: one append per read.
+    assert lengths[-1] == len(frame) - 1
+    assert fast.protocol.queue.empty()
+    fast.protocol.data_received(frame[-1:])
+    assert fast.drain() == [{"type": "websocket.receive", "bytes": b"y" * 60_000}]
+    app_done.set()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 100_000])
+@pytest.mark.parametrize("kind", ["text", "bytes"])
+async def test_sent_frames_are_byte_for_byte_uvicorns(size: int, kind: str) -> None:
+    app_done = asyncio.Event()
+    stock = Driven(WebSocketsSansIOProtocol, app_done)
+    fast = Driven(FastWebSocketProtocol, app_done)
+    value: Any = ("é" * size)[:size] if kind == "text" else os.urandom(size)
+    for driven in (stock, fast):
+        await driven.open()
+        await driven.protocol.send({"type": "websocket.send", kind: value})
+    assert fast.transport.written == stock.transport.written
+    app_done.set()
+
+
+async def test_a_send_keeps_its_place_behind_bytes_the_websockets_layer_holds() -> None:
+    app_done = asyncio.Event()
+    stock = Driven(WebSocketsSansIOProtocol, app_done)
+    fast = Driven(FastWebSocketProtocol, app_done)
+    for driven in (stock, fast):
+        await driven.open()
+        driven.protocol.conn.writes.append(b"\x8a\x00")  # a pong not yet written out
+        await driven.protocol.send({"type": "websocket.send", "text": "after"})
+        await driven.protocol.send({"type": "websocket.send"})  # neither text nor bytes
+    assert fast.transport.written == stock.transport.written == b"\x8a\x00\x81\x05after"
+    app_done.set()
+
+
+async def test_sends_after_a_close_or_a_lost_peer_behave_as_uvicorns() -> None:
+    app_done = asyncio.Event()
+    for cls in (WebSocketsSansIOProtocol, FastWebSocketProtocol):
+        driven = Driven(cls, app_done)
+        await driven.open()
+        await driven.protocol.send({"type": "websocket.close", "code": 1000})
+        written = bytes(driven.transport.written)
+        with pytest.raises(RuntimeError, match=r"after sending 'websocket\.close'"):
+            await driven.protocol.send({"type": "websocket.send", "text": "late"})
+        assert driven.transport.written == written
+        lost = Driven(cls, app_done)
+        await lost.open()
+        lost.protocol.connection_lost(None)
+        with pytest.raises(ClientDisconnected):
+            await lost.protocol.send({"type": "websocket.send", "text": "late"})
+    app_done.set()
+
+
+async def test_without_the_parser_state_it_checks_every_frame_takes_uvicorns_code(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(uvicorn_protocol, "_has_parser_state", lambda conn: False)
+    monkeypatch.setattr(FastWebSocketProtocol, "_warned_no_fast_path", False)
+    app_done = asyncio.Event()
+    fast = Driven(FastWebSocketProtocol, app_done)
+    await fast.open()
+    taken = []
+    monkeypatch.setattr(FastWebSocketProtocol, "_take_frames", lambda self, data: taken.append(data))
+    fast.feed([client_frame(b"one")])
+    await fast.protocol.send({"type": "websocket.send", "text": "back"})
+    assert fast.drain() == [text_of("one")]
+    assert not taken
+    assert fast.transport.written == b"\x81\x04back"
+    assert "every frame takes uvicorn's code" in caplog.text
+    app_done.set()
+
+
+# -- over real sockets --------------------------------------------------------------------------
+
+
+async def echo_app(scope: Any, receive: Any, send: Any) -> None:
+    """Echo every message back as it came: text as text, bytes as bytes."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        message["type"] = "websocket.send"
+        await send(message)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with LiveServer(echo_app, ws=FastWebSocketProtocol, ws_max_size=MAX_SIZE) as live:
+        yield live
+
+
+async def test_a_real_client_gets_every_kind_and_size_back(server: LiveServer) -> None:
+    async with connect(server.ws_url("/"), max_size=None, compression=None) as ws:
+        sizes = [0, 1, 125, 126, 65535, 65536, MAX_SIZE]
+        for size in sizes:
+            text = ("ü€" * size)[: size // 3]
+            await ws.send(text)
+            data = os.urandom(size)
+            await ws.send(data)
+        await ws.send(["frag", "mented ", "text"])  # a fragmented message
+        pong = await ws.ping(b"are you there")
+        await ws.send("after")
+        with anyio.fail_after(TIMEOUT):
+            for size in sizes:
+                assert await ws.recv() == ("ü€" * size)[: size // 3]
+                assert len(await ws.recv()) == size
+            assert await ws.recv() == "fragmented text"
+            await pong
+            assert await ws.recv() == "after"
+
+
+async def test_many_clients_in_parallel_each_get_their_own_messages_in_order(server: LiveServer) -> None:
+    async def one(n: int) -> None:
+        async with connect(server.ws_url("/"), compression=None) as ws:
+            for i in range(200):
+                await ws.send(f"{n}:{i}")
+            with anyio.fail_after(TIMEOUT):
+                assert [await ws.recv() for _ in range(200)] == [f"{n}:{i}" for i in range(200)]
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(one, n)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(b"hi", mask=False), 1002),
+        (client_frame(b"\xff\xfe"), 1007),
+        (client_frame(b"x" * (MAX_SIZE + 1), 0x2), 1009),
+    ],
+)
+async def test_a_peer_breaking_the_protocol_gets_its_close_code(
+    server: LiveServer, frame: bytes, code: int
+) -> None:
+    raw = RawClient(server.host, server.port, "/")
+    try:
+        assert raw.status == 101
+        raw.send_frame(b"fine")
+        assert raw.recv_frame() == (0x1, b"fine")
+        raw.sock.sendall(frame)
+        opcode, payload = raw.recv_frame()
+        assert opcode == 0x8
+        assert struct.unpack("!H", payload[:2])[0] == code
+    finally:
+        raw.sock.close()
+
+
+async def test_per_message_deflate_still_works_on_the_general_path() -> None:
+    with LiveServer(echo_app, ws=FastWebSocketProtocol, ws_per_message_deflate=True) as live:
+        async with connect(live.ws_url("/")) as ws:  # the client offers deflate
+            assert ws.protocol.extensions, "deflate was negotiated"
+            for i in range(5):
+                await ws.send("compressible " * 50 + str(i))
+            with anyio.fail_after(TIMEOUT):
+                for i in range(5):
+                    assert await ws.recv() == "compressible " * 50 + str(i)
+
+
+async def test_keepalive_pongs_reach_uvicorn_between_data_frames() -> None:
+    # uvicorn sends its next ping only once the last one's pong came back, and closes with
+    # 1011 when a pong is late: a pong lost on the fast path would end the socket.
+    with LiveServer(echo_app, ws=FastWebSocketProtocol, ws_ping_interval=0.01, ws_ping_timeout=2.0) as live:
+        raw = RawClient(live.host, live.port, "/")
+        try:
+            pings = 0
+            sent = 0
+            while pings < 5:
+                raw.send_frame(f"data {sent}".encode())
+                opcode, payload = raw.recv_frame()
+                while opcode == 0x9:  # a ping may come before the echo
+                    pings += 1
+                    raw.send_frame(payload, opcode=0xA)
+                    opcode, payload = raw.recv_frame()
+                assert (opcode, payload) == (0x1, f"data {sent}".encode())
+                sent += 1
+        finally:
+            raw.close()
+
+
+async def test_the_class_path_works_as_uvicorns_ws_option() -> None:
+    with LiveServer(echo_app, ws="rtkit.uvicorn_protocol:FastWebSocketProtocol") as live:
+        async with connect(live.ws_url("/")) as ws:
+            await ws.send("hello")
+            with anyio.fail_after(TIMEOUT):
+                assert await ws.recv() == "hello"
