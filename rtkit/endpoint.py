@@ -40,6 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from rtkit._inbox import Inbox
 from rtkit._outbox import Outbox
+from rtkit._passthrough import unwrap_send
 from rtkit._types import Message, Receive, Scope, Send
 from rtkit.auth import BEARER_SUBPROTOCOL, Authenticator, Principal
 from rtkit.codec import (
@@ -208,6 +209,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._decode: Callable[[Any], Any] | None = None
         self._sent_close: int | None = None
         self._forced_close: int | None = None
+        self._frame_send: Send = send
         self._admitted = False
 
     @property
@@ -439,7 +441,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self._task_group = tg
             # The writer task starts when first needed: frames a socket can take at once are
             # sent by whoever offers them (the eager send), so most connections never need one.
-            self.outbox.attach(self.send, functools.partial(tg.start_soon, self._write, tg.cancel_scope))
+            # Frames go under Starlette's pass-through send wrappers (see rtkit._passthrough).
+            self._frame_send = unwrap_send(self.send)
+            self.outbox.attach(
+                self._frame_send, functools.partial(tg.start_soon, self._write, tg.cancel_scope)
+            )
             limits = self.limits
             if limits.idle_timeout or limits.heartbeat_interval:
                 self._start_watch()
@@ -463,7 +469,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
 
     async def _write(self, scope: anyio.CancelScope) -> None:
         try:
-            code, _ = await self.outbox.drain(self.send)
+            code, _ = await self.outbox.drain(self._frame_send)
             self._sent_close = code
         except (OSError, WebSocketDisconnect):
             pass  # the peer is gone; the receive loop learns it from the server

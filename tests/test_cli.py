@@ -10,6 +10,7 @@ import threading
 import urllib.request
 
 import pytest
+from websockets.sync.client import connect as sync_connect
 
 from rtkit import __version__
 from rtkit.cli import _ws_protocol, build_parser, limits_from, main
@@ -131,6 +132,10 @@ def test_rtkit_serve_runs_the_demo() -> None:
             assert response.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
             assert b"rtkit" in response.read()
+        # The demo's sockets, on rtkit's uvicorn protocol (the default): an echo round trip.
+        with sync_connect(f"ws://127.0.0.1:{port}/ws/echo", open_timeout=10) as ws:
+            ws.send('{"type":"say","text":"hello"}')
+            assert ws.recv(timeout=10) == '{"type":"say","text":"hello"}'
     finally:
         process.terminate()
         process.wait(20)
