@@ -125,7 +125,7 @@ def test_a_users_middleware_still_sees_every_frame(host: str) -> None:
             assert ws.receive_json()["type"] in {"event", "published"}
     # Starlette's wrapper is skipped: frames go straight to the user's middleware.
     assert WitnessEcho.frame_sends[-1] == "recording"
-    texts = [message.get("text") for message in sent if message["type"] == "websocket.send"]
+    texts = [str(message.get("text")) for message in sent if message["type"] == "websocket.send"]
     assert texts[0] == "one"
     assert sum('"subscribed"' in text for text in texts) == 1
     assert sum('"event"' in text for text in texts) == 1
