@@ -211,22 +211,46 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             conn = self.conn
             if conn.state is _OPEN and not conn.writes and not conn.extensions and not conn.debug:
-                text = message.get("text")
-                if text is not None:
-                    self.transport.write(_frame(0x81, text.encode()))
-                    return
-                data = message.get("bytes")
-                if data is not None:
-                    self.transport.write(_frame(0x82, data))
+                payload = message.get("text")
+                if payload is None:
+                    payload = message.get("bytes")
+                if payload is not None:
+                    self.transport.write(_framed(payload))
                     return
         await super().send(message)
 
 
-def _frame(first: int, payload: bytes) -> bytes:
-    """An unmasked server frame: ``first`` is FIN and the opcode."""
-    length = len(payload)
+# Headers of short frames, built once: FIN, the opcode and a 7-bit length.
+_SHORT_TEXT = tuple(bytes((0x81, length)) for length in range(126))
+_SHORT_BINARY = tuple(bytes((0x82, length)) for length in range(126))
+# The last payload framed, and its frame. A broadcast hands the same text (or bytes) object
+# to every member's send: it is encoded and framed once, then written to each socket. Holding
+# the payload keeps it alive, so no other object can take its identity; payloads over the
+# bound are not kept, so the cache holds little memory.
+_CACHED_AT_MOST = 64 * 1024
+_last: tuple[object, bytes] = (None, b"")
+
+
+def _framed(payload: str | bytes) -> bytes:
+    """The unmasked server frame of a text (``str``) or binary payload."""
+    global _last
+    last = _last  # one read: another thread's server may replace it meanwhile
+    if payload is last[0]:
+        return last[1]
+    if isinstance(payload, str):
+        data = payload.encode()
+        short, first = _SHORT_TEXT, 0x81
+    else:
+        data = payload
+        short, first = _SHORT_BINARY, 0x82
+    length = len(data)
     if length < 126:
-        return bytes((first, length)) + payload
-    if length < 0x10000:
-        return bytes((first, 126)) + length.to_bytes(2, "big") + payload
-    return bytes((first, 127)) + length.to_bytes(8, "big") + payload
+        frame = short[length] + data
+    elif length < 0x10000:
+        frame = bytes((first, 126)) + length.to_bytes(2, "big") + data
+    else:
+        frame = bytes((first, 127)) + length.to_bytes(8, "big") + data
+    # Only immutable payloads: a bytearray could change before it is sent again.
+    if length <= _CACHED_AT_MOST and (type(payload) is str or type(payload) is bytes):
+        _last = (payload, frame)
+    return frame

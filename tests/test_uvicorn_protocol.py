@@ -269,6 +269,27 @@ async def test_sent_frames_are_byte_for_byte_uvicorns(size: int, kind: str) -> N
     app_done.set()
 
 
+async def test_a_payload_sent_to_many_sockets_is_framed_once_and_a_mutable_one_never_reused() -> None:
+    app_done = asyncio.Event()
+    members = [Driven(FastWebSocketProtocol, app_done) for _ in range(3)]
+    text = "to everyone " * 5
+    for member in members:
+        await member.open()
+        await member.protocol.send({"type": "websocket.send", "text": text})
+    assert [bytes(m.transport.written) for m in members] == [b"\x81\x3c" + text.encode()] * 3
+    assert uvicorn_protocol._last[0] is text  # framed once, written three times
+    buffer = bytearray(b"first")
+    await members[0].protocol.send({"type": "websocket.send", "bytes": buffer})
+    buffer[:] = b"again"
+    await members[0].protocol.send({"type": "websocket.send", "bytes": buffer})
+    assert members[0].transport.written.endswith(b"\x82\x05first\x82\x05again")
+    large = "x" * (70 * 1024)
+    await members[1].protocol.send({"type": "websocket.send", "text": large})
+    assert uvicorn_protocol._last[0] is not large  # a large payload is not held
+    assert members[1].transport.written.endswith(large.encode())
+    app_done.set()
+
+
 async def test_a_send_keeps_its_place_behind_bytes_the_websockets_layer_holds() -> None:
     app_done = asyncio.Event()
     stock = Driven(WebSocketsSansIOProtocol, app_done)
