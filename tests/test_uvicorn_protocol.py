@@ -187,6 +187,10 @@ async def test_random_traffic_in_random_pieces_gives_what_uvicorn_gives(seed: in
     stream = random_stream(rng)
     stock, fast = await both(cut(rng, stream))
     assert fast == stock
+    # bytes == bytearray would hide a change of type: the app gets the very same types.
+    assert [{k: type(v) for k, v in e.items()} for e in fast[0]] == [
+        {k: type(v) for k, v in e.items()} for e in stock[0]
+    ]
     assert stock[0], "the stream carried messages"
 
 
