@@ -131,6 +131,7 @@ class Outbox:
         "_start_writer",
         "_wake_pending",
         "_wakeup",
+        "_detached",
         "dropped",
         "max_messages",
         "on_overflow",
@@ -178,6 +179,7 @@ class Outbox:
         self._context = contextvars.Context()
         self._in_flight: tuple[Generator[Any, Any, None], Any, int] | None = None
         self._failure: Exception | None = None
+        self._detached = False
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -218,11 +220,20 @@ class Outbox:
             self.eager_active = True
 
     def detach(self) -> None:
-        """The connection is over: send nothing more, and start no writer."""
+        """The connection is over: send nothing more, start no writer, take nothing more.
+
+        What was queued is let go, and later offers are refused (``put`` returns False)
+        without counting as drops: they were meant for a connection that has gone. (When a
+        large room empties at once, each leaving member stays subscribed until its
+        ``on_disconnect`` returns, and would otherwise hold every ``left`` of the others.)
+        """
         self._eager_send = _no_send
         self.eager_active = False
         self._start_writer = None
         self._idle = False
+        self._detached = True
+        self.queue.clear()
+        self._bytes = 0
 
     @property
     def queued_bytes(self) -> int:
@@ -270,6 +281,8 @@ class Outbox:
             self._bytes += size
             self._wake()
             return True
+        if self._detached:
+            return False
         if self.closing:
             self._drop(1)
             return False

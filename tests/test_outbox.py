@@ -306,8 +306,8 @@ async def test_a_failed_eager_send_ends_the_writer_not_the_caller() -> None:
             while not outcome:
                 await anyio.wait_all_tasks_blocked()
     assert isinstance(outcome[0], ConnectionResetError)
-    assert outbox.put(event(2), 1)  # no writer any more: it waits in the queue, unsent
-    assert texts(outbox) == ["2"]
+    assert not outbox.put(event(2), 1)  # the writer has ended: nothing is taken any more
+    assert texts(outbox) == []
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -402,12 +402,15 @@ async def test_a_detached_outbox_sends_nothing_and_starts_no_writer() -> None:
     async with anyio.create_task_group() as tg:
         writers = _Writers(tg, outbox, send)
         outbox.attach(send, writers)
+        outbox.put(event(0), 1, wake=False)  # queued while attached, never sent
         outbox.detach()
         assert not outbox.eager_active
-        assert outbox.put(event(1), 1)  # kept, bounded, and never sent
+        assert not outbox.put(event(1), 1)  # refused: the connection has gone
         outbox.close(1000)
         assert writers.started == 0
-    assert texts(outbox) == ["1"]
+    assert texts(outbox) == []  # nothing held for a connection that has gone
+    assert outbox.queued_bytes == 0
+    assert outbox.dropped == 0  # not the overflow policy's doing
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
