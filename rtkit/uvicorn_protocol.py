@@ -16,7 +16,11 @@ else can be going on:
   answers it as it always does (pong, close handshake, close codes 1002, 1007, 1009).
 - **Sending.** While the connection is open, writable and has nothing else waiting to go out,
   a ``websocket.send`` is framed here (a server's frames are unmasked: two to ten bytes of
-  header) and written at once. Everything else takes uvicorn's code.
+  header) and written at once. A broadcast hands every member the same payload object: it is
+  framed once and the frame written to each. Everything else takes uvicorn's code.
+
+One behaviour differs, on purpose: messages a peer sent whole before breaking the protocol
+reach the app before the disconnect (uvicorn drops those that came in the same read).
 
 The handshake, keepalive pings, backpressure (reading pauses while the app has a message
 waiting, and sends wait while the transport is paused), per-message deflate (when a client
