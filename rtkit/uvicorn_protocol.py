@@ -44,6 +44,7 @@ from typing import Any
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     from websockets.protocol import State
+    from websockets.streams import StreamReader
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(
         "rtkit.uvicorn_protocol needs uvicorn 0.35 or later and the websockets library: "
@@ -64,17 +65,36 @@ _FIN_TEXT = 0x81
 _FIN_BINARY = 0x82
 _MASKED = 0x80
 _OPEN = State.OPEN
+# Between two frames, the websockets parser waits in ``StreamReader.at_eof``; inside a frame it
+# waits in ``read_exact``. (An empty buffer alone says nothing: ``read_exact`` takes bytes out
+# as soon as it has them, so the buffer is also empty after a frame's header.)
+_BETWEEN_FRAMES = getattr(getattr(StreamReader, "at_eof", None), "__code__", None)
 
 
 def _has_parser_state(conn: Any) -> bool:
     """Whether ``conn`` exposes the state the receive shortcut must check before it runs."""
     reader = getattr(conn, "reader", None)
     return (
-        isinstance(getattr(reader, "buffer", None), bytearray)
+        _BETWEEN_FRAMES is not None
+        and hasattr(getattr(conn, "parser", None), "gi_yieldfrom")
+        and isinstance(getattr(reader, "buffer", None), bytearray)
         and hasattr(conn, "current_size")
         and hasattr(conn, "max_message_size")
         and isinstance(getattr(conn, "writes", None), list)
     )
+
+
+def _between_frames(parser: Any) -> bool:
+    """Whether the websockets parser waits for a frame's first byte, holding none of one."""
+    # The server's parser delegates to the generic one (``yield from``), which delegates to
+    # the reader: the innermost generator says where the parser waits.
+    waiting_in = parser.gi_yieldfrom
+    while waiting_in is not None:
+        inner = waiting_in.gi_yieldfrom
+        if inner is None:
+            return bool(waiting_in.gi_code is _BETWEEN_FRAMES)
+        waiting_in = inner
+    return False
 
 
 def _frame_bounds(data: bytes, pos: int) -> tuple[int, int]:
@@ -145,7 +165,7 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
             self._fast
             and conn.state is _OPEN
             and not self.close_sent
-            and not conn.reader.buffer  # the websockets parser sits at a frame boundary
+            and _between_frames(conn.parser)  # the websockets parser holds no part of a frame
             and conn.current_size is None  # and no fragmented message is under way
             and not conn.extensions
             and not conn.debug  # websockets logs every frame then: let it
@@ -215,11 +235,15 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             conn = self.conn
             if conn.state is _OPEN and not conn.writes and not conn.extensions and not conn.debug:
-                payload = message.get("text")
-                if payload is None:
-                    payload = message.get("bytes")
-                if payload is not None:
-                    self.transport.write(_framed(payload))
+                # As uvicorn: bytes win over text; anything else takes uvicorn's code and errors.
+                data = message.get("bytes")
+                if data is None:
+                    text = message.get("text")
+                    if type(text) is str:
+                        self.transport.write(_framed(text))
+                        return
+                elif isinstance(data, (bytes, bytearray)):
+                    self.transport.write(_framed(data))
                     return
         await super().send(message)
 
@@ -235,12 +259,13 @@ _CACHED_AT_MOST = 64 * 1024
 _last: tuple[object, bytes] = (None, b"")
 
 
-def _framed(payload: str | bytes) -> bytes:
+def _framed(payload: str | bytes | bytearray) -> bytes:
     """The unmasked server frame of a text (``str``) or binary payload."""
     global _last
     last = _last  # one read: another thread's server may replace it meanwhile
     if payload is last[0]:
         return last[1]
+    data: bytes | bytearray
     if isinstance(payload, str):
         data = payload.encode()
         short, first = _SHORT_TEXT, 0x81

@@ -105,7 +105,13 @@ class Driven:
 
 
 def client_frame(
-    payload: bytes, opcode: int = 0x1, *, fin: bool = True, rsv: int = 0, mask: bool = True
+    payload: bytes,
+    opcode: int = 0x1,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bool = True,
+    key: bytes | None = None,
 ) -> bytes:
     """A frame as a client sends it (masked, unless a test says otherwise)."""
     first = (0x80 if fin else 0) | rsv | opcode
@@ -119,7 +125,8 @@ def client_frame(
         header = struct.pack("!BBQ", first, flag | 127, length)
     if not mask:
         return header + payload
-    key = os.urandom(4)
+    if key is None:
+        key = os.urandom(4)
     return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
@@ -131,24 +138,28 @@ def random_text(rng: random.Random, size: int) -> bytes:
 
 def random_stream(rng: random.Random) -> bytes:
     """Valid traffic: data frames of every length class, pings, pongs and fragmented messages."""
+
+    def frame(payload: bytes, opcode: int = 0x1, *, fin: bool = True) -> bytes:
+        return client_frame(payload, opcode, fin=fin, key=rng.randbytes(4))  # reproducible
+
     out = []
     for _ in range(rng.randint(1, 30)):
         kind = rng.random()
         size = rng.choice([0, 1, 5, 60, 125, 126, 127, 300, 65535, 65536, 69_000])
         if kind < 0.45:
-            out.append(client_frame(random_text(rng, size)[:size] if size < 2000 else b"x" * size))
+            out.append(frame(random_text(rng, size)[:size] if size < 2000 else b"x" * size))
         elif kind < 0.7:
-            out.append(client_frame(rng.randbytes(size), 0x2))
+            out.append(frame(rng.randbytes(size), 0x2))
         elif kind < 0.8:
-            out.append(client_frame(rng.randbytes(rng.randint(0, 125)), 0x9))
+            out.append(frame(rng.randbytes(rng.randint(0, 125)), 0x9))
         elif kind < 0.85:
-            out.append(client_frame(rng.randbytes(4), 0xA))
+            out.append(frame(rng.randbytes(4), 0xA))
         else:
-            out.append(client_frame(b"part one ", 0x1, fin=False))
+            out.append(frame(b"part one ", 0x1, fin=False))
             if rng.random() < 0.5:
-                out.append(client_frame(b"ping inside", 0x9))
-            out.append(client_frame(b"part two ", 0x0, fin=False))
-            out.append(client_frame(b"end", 0x0))
+                out.append(frame(b"ping inside", 0x9))
+            out.append(frame(b"part two ", 0x0, fin=False))
+            out.append(frame(b"end", 0x0))
     return b"".join(out)
 
 
@@ -222,6 +233,75 @@ async def test_bad_frames_after_good_ones_get_uvicorns_answer(name: str, bad: by
     # path hands them to the app first. Otherwise the same events.
     assert fast[0] == good_events + [event for event in stock[0] if event not in good_events]
     assert fast[0][-1]["type"] == "websocket.disconnect"
+
+
+def _looks_like_a_frame(wire: bytes, key: bytes) -> bytes:
+    """The payload that, masked with ``key``, goes on the wire as ``wire``."""
+    return bytes(b ^ key[i % 4] for i, b in enumerate(wire))
+
+
+@pytest.mark.parametrize(
+    ("name", "frame", "split"),
+    [
+        # A read ends right after a control frame's header, whose mask then looks like the
+        # start of a masked binary frame.
+        ("ping, header alone", client_frame(b"hello", 0x9, key=b"\x81\x80\x00\x00"), 2),
+        ("pong, header alone", client_frame(b"\xde\xad\xbe\xef", 0xA, key=b"\x82\x84\x07\x09"), 2),
+        # ... or after its header and mask, and its payload looks like a frame.
+        (
+            "ping, header and mask",
+            client_frame(_looks_like_a_frame(b"\x82\x85abc", b"\x10 0@"), 0x9, key=b"\x10 0@"),
+            6,
+        ),
+        ("close, header alone", client_frame(struct.pack("!H", 1000), 0x8, key=b"\x81\x82\x00\x00"), 2),
+    ],
+)
+async def test_a_read_that_ends_inside_a_frame_of_the_general_path_is_not_taken_for_a_boundary(
+    name: str, frame: bytes, split: int
+) -> None:
+    after = client_frame(b"next message")
+    stock, fast = await both([frame[:split], frame[split:] + after])
+    assert fast == stock
+
+
+async def test_frames_sent_right_after_the_handshake_are_parsed_whole() -> None:
+    # The handshake and a data frame's header in one read, the rest after the app accepted.
+    app_done = asyncio.Event()
+    outcomes = []
+    for cls in (WebSocketsSansIOProtocol, FastWebSocketProtocol):
+        driven = Driven(cls, app_done)
+        first = client_frame(b"hello world", key=b"\x81\x85\x00\x00")
+        driven.protocol.data_received(HANDSHAKE + first[:2])
+        await driven.protocol.send({"type": "websocket.accept"})
+        driven.drain()
+        driven.feed([first[2:] + client_frame(b"late")])
+        outcomes.append(driven.drain())
+    assert outcomes[1] == outcomes[0] == [text_of("hello world"), text_of("late")]
+    app_done.set()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "websocket.send", "text": "T", "bytes": b"B"},  # both: uvicorn sends the bytes
+        {"type": "websocket.send", "bytes": "a str"},
+        {"type": "websocket.send", "text": b"bytes"},
+    ],
+)
+async def test_a_send_outside_the_asgi_rules_gets_what_uvicorn_gives(message: dict[str, Any]) -> None:
+    app_done = asyncio.Event()
+    results: list[tuple[type[Exception] | None, bytes]] = []
+    for cls in (WebSocketsSansIOProtocol, FastWebSocketProtocol):
+        driven = Driven(cls, app_done)
+        await driven.open()
+        try:
+            await driven.protocol.send(message)
+        except Exception as exc:  # uvicorn's own error, whatever it is
+            results.append((type(exc), bytes(driven.transport.written)))
+        else:
+            results.append((None, bytes(driven.transport.written)))
+    assert results[1] == results[0]
+    app_done.set()
 
 
 async def test_the_app_is_given_whole_messages_and_reading_pauses_until_it_takes_them() -> None:
