@@ -72,12 +72,10 @@ _BETWEEN_FRAMES = getattr(getattr(StreamReader, "at_eof", None), "__code__", Non
 
 
 def _has_parser_state(conn: Any) -> bool:
-    """Whether ``conn`` exposes the state the receive shortcut must check before it runs."""
-    reader = getattr(conn, "reader", None)
+    """Whether ``conn`` exposes the state the shortcuts must check before they run."""
     return (
         _BETWEEN_FRAMES is not None
         and hasattr(getattr(conn, "parser", None), "gi_yieldfrom")
-        and isinstance(getattr(reader, "buffer", None), bytearray)
         and hasattr(conn, "current_size")
         and hasattr(conn, "max_message_size")
         and isinstance(getattr(conn, "writes", None), list)
@@ -92,7 +90,7 @@ def _between_frames(parser: Any) -> bool:
     while waiting_in is not None:
         inner = waiting_in.gi_yieldfrom
         if inner is None:
-            return bool(waiting_in.gi_code is _BETWEEN_FRAMES)
+            return waiting_in.gi_code is _BETWEEN_FRAMES
         waiting_in = inner
     return False
 
