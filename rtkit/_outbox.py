@@ -11,7 +11,9 @@ at once by the caller, without waking the writer. An ASGI ``send`` on a socket t
 the bytes completes without suspending, so a broadcast costs one call per member, as a plain
 ``for member in room: await member.send(...)`` loop does, but never waits on a member: a send
 that would wait (the peer stopped reading) is handed, half run, to that socket's writer task,
-and everything offered after it queues behind it under the outbox's bounds.
+and everything offered after it queues behind it under the outbox's bounds. On rtkit's own
+uvicorn protocol the frame is written by the protocol's ``write_now`` instead, with no
+coroutine at all; when that declines (the socket cannot take it now), the send runs as above.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Literal, TypeAlias
 
 import anyio
 
+from rtkit._passthrough import write_now_of
 from rtkit._types import Message, Send
 from rtkit.frame import Frame
 from rtkit.metrics import Metrics
@@ -122,6 +125,7 @@ class Outbox:
         "max_bytes",
         "_context",
         "_eager_send",
+        "_write_now",
         "metrics",
         "_bytes",
         "_close",
@@ -174,6 +178,8 @@ class Outbox:
         # Once attached on asyncio: the send the eager path calls, and the context it calls it
         # in (the connection's, so a middleware wrapping ``send`` sees this connection).
         self._eager_send: Send = _no_send
+        # The server's synchronous write behind that send, if it has one (rtkit's protocol).
+        self._write_now: Callable[[Message], bool] | None = None
         self.eager_active = False
         """Whether a frame offered while the writer sleeps is sent at once (see the module doc)."""
         self._context = contextvars.Context()
@@ -217,6 +223,7 @@ class Outbox:
         if not self.eager_active and self.eager_capable:
             self._context = contextvars.copy_context()
             self._eager_send = send
+            self._write_now = write_now_of(send)
             self.eager_active = True
 
     def detach(self) -> None:
@@ -228,6 +235,7 @@ class Outbox:
         ``on_disconnect`` returns, and would otherwise hold every ``left`` of the others.)
         """
         self._eager_send = _no_send
+        self._write_now = None
         self.eager_active = False
         self._start_writer = None
         self._idle = False
@@ -262,7 +270,12 @@ class Outbox:
             and size <= self.max_bytes
         ):
             # The eager send. The writer sleeps and nothing is queued, so no frame is ahead of
-            # this one: run the send here, in the connection's context.
+            # this one: write it now if the server can (no user code runs then, so no context
+            # is needed), else run the send here, in the connection's context.
+            write_now = self._write_now
+            if write_now is not None and write_now(event):
+                self.metrics.messages_out += 1
+                return True
             driver = _IDLE_DRIVERS.pop() if _IDLE_DRIVERS else _new_driver()
             try:
                 waiting = self._context.run(driver.send, self._eager_send(event))

@@ -1,4 +1,4 @@
-"""Seeing through the ``send`` wrapper Starlette puts around every mounted connection.
+"""Seeing through ``send``: Starlette's pass-through wrapper, and a server's synchronous write.
 
 Starlette's exception handling (its ``ExceptionMiddleware``, and each route) hands the app a
 ``send`` closure of its own per connection. It remembers whether an HTTP response has started
@@ -10,16 +10,23 @@ a mounted endpoint's time (see the README's "Performance").
 The outbox sends WebSocket frames through the ``send`` underneath instead. Only a closure
 whose code is Starlette's own, with the shape read here when this module is imported, is seen
 through; any other wrapper (a user's middleware, a future Starlette) is called as it is.
+
+Under that, a server's ``send`` is a coroutine function: each frame costs a coroutine, and the
+outbox runs it in a driver (see ``rtkit._outbox``). rtkit's own uvicorn protocol also offers
+``write_now(event) -> bool``, which writes a frame the socket can take at once without any of
+that. ``write_now_of`` finds it, only for that protocol's own ``send`` (not a subclass's
+override, not a wrapper).
 """
 
 from __future__ import annotations
 
 import types
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
-from rtkit._types import Send
+from rtkit._types import Message, Send
 
-__all__ = ["unwrap_send"]
+__all__ = ["unwrap_send", "write_now_of"]
 
 
 def _find_code(parent: types.CodeType, name: str) -> types.CodeType | None:
@@ -60,3 +67,19 @@ def unwrap_send(send: Send) -> Send:
             break
         send = cast(Send, closure[1].cell_contents)  # co_freevars: (response_started, send)
     return send
+
+
+def write_now_of(send: Send) -> Callable[[Message], bool] | None:
+    """The synchronous ``write_now`` behind ``send``, or None if ``send`` has none.
+
+    ``send`` must be the bound ``send`` of an object whose class names that very function as
+    the one its ``write_now`` stands for (``_writes_now_for``), as ``FastWebSocketProtocol``
+    does. ``write_now(event)`` returns True once the frame is written, False when ``send`` must
+    be awaited instead.
+    """
+    owner: Any = getattr(send, "__self__", None)
+    function = getattr(send, "__func__", None)
+    if function is None or function is not getattr(type(owner), "_writes_now_for", None):
+        return None
+    write_now: Callable[[Message], bool] | None = getattr(owner, "write_now", None)
+    return write_now

@@ -220,8 +220,14 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def send(self, message: Any) -> None:
-        """Frame and write a ``websocket.send`` here when the socket can take it; else uvicorn."""
+    def write_now(self, message: Any) -> bool:
+        """Frame and write a ``websocket.send`` event at once, if the fast path can take it.
+
+        Returns False, having written nothing, when it cannot (the socket is not open, its
+        transport is paused, something else waits to go out, deflate was negotiated, or the
+        event is not a well-formed ``websocket.send``): ``send`` must take the event then.
+        rtkit's outbox calls this instead of awaiting ``send`` (see ``_writes_now_for``).
+        """
         if (
             message["type"] == "websocket.send"
             and self._fast
@@ -239,11 +245,20 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
                     text = message.get("text")
                     if type(text) is str:
                         self.transport.write(_framed(text))
-                        return
+                        return True
                 elif isinstance(data, (bytes, bytearray)):
                     self.transport.write(_framed(data))
-                    return
-        await super().send(message)
+                    return True
+        return False
+
+    async def send(self, message: Any) -> None:
+        """Frame and write a ``websocket.send`` here when the socket can take it; else uvicorn."""
+        if not self.write_now(message):
+            await super().send(message)
+
+    # The ``send`` that ``write_now`` stands for. A subclass that overrides ``send`` does not
+    # match it, so callers that look for ``write_now`` (rtkit's outbox) keep calling its ``send``.
+    _writes_now_for = send
 
 
 # Headers of short frames, built once: FIN, the opcode and a 7-bit length.

@@ -374,6 +374,62 @@ async def test_a_writer_starts_only_when_a_frame_cannot_go_out_at_once(anyio_bac
     assert writers.started == 1  # the parked writer was woken, never started twice
 
 
+class _WritesNow:
+    """A server connection whose ``send`` has a synchronous ``write_now`` beside it, as rtkit's
+    uvicorn protocol has: ``write_now`` declines while ``ready`` is False."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.awaited: list[str] = []
+        self.ready = True
+        self.gate = anyio.Event()
+
+    def write_now(self, message: Message) -> bool:
+        if not self.ready:
+            return False
+        self.written.append(message["text"])
+        return True
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "websocket.send" and not self.ready:
+            await self.gate.wait()  # what the real send does while the transport is paused
+        self.awaited.append(message.get("text") or message["type"])
+
+    _writes_now_for = send
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_frame_the_server_can_write_now_is_written_without_awaiting_its_send() -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    connection = _WritesNow()
+    async with anyio.create_task_group() as tg:
+        writers = _Writers(tg, outbox, connection.send)
+        outbox.attach(connection.send, writers)
+        assert outbox.put(event(1), 1)
+        assert (connection.written, connection.awaited) == (["1"], [])
+        assert outbox.metrics.messages_out == 1
+        connection.ready = False  # the peer reads slowly: the server's send has to wait
+        assert outbox.put(event(2), 1)
+        assert outbox.put(event(3), 1)  # queued behind the waiting send, in order
+        await anyio.wait_all_tasks_blocked()
+        assert writers.started == 1
+        connection.ready = True
+        assert outbox.put(event(4), 1)  # the writer is busy: this one queues, never jumps ahead
+        connection.gate.set()
+        await anyio.wait_all_tasks_blocked()
+        assert connection.written == ["1"]
+        assert connection.awaited == ["2", "3", "4"]
+        assert outbox.put(event(5), 1)  # the writer sleeps again: written at once
+        assert connection.written == ["1", "5"]
+        outbox.close(1000)
+    assert connection.awaited[-1] == "websocket.close"
+    assert outbox.metrics.messages_out == 5
+    outbox.detach()
+    assert not outbox.put(event(6), 1)
+    assert connection.written == ["1", "5"]
+
+
 @pytest.mark.anyio
 async def test_frames_queued_before_attach_start_the_writer_at_attach() -> None:
     outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")

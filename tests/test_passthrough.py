@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from rtkit import EchoEndpoint, RealtimeRouter, TopicEndpoint
-from rtkit._passthrough import _SENDER, unwrap_send
+from rtkit._passthrough import _SENDER, unwrap_send, write_now_of
 from rtkit._types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -67,6 +67,28 @@ def test_other_wrappers_are_kept_even_when_they_look_alike() -> None:
     assert unwrap_send(_nothing) is _nothing
     # A user's wrapper under Starlette's: seen through down to it, and no further.
     assert unwrap_send(starlette_wrapped(sender)) is sender
+
+
+class _Connection:
+    def write_now(self, message: Message) -> bool:  # pragma: no cover - never called here
+        return True
+
+    async def send(self, message: Message) -> None:  # pragma: no cover - never called here
+        pass
+
+    _writes_now_for = send
+
+
+def test_write_now_is_found_behind_its_own_send_only() -> None:
+    connection = _Connection()
+    assert write_now_of(connection.send) == connection.write_now
+    # Under Starlette's wrapper it is found once the wrapper is seen through; not through any
+    # other callable, nor for another method of the same object.
+    wrapped = starlette_wrapped(connection.send)
+    assert write_now_of(wrapped) is None
+    assert write_now_of(unwrap_send(wrapped)) == connection.write_now
+    assert write_now_of(_nothing) is None
+    assert write_now_of(connection.write_now) is None  # type: ignore[arg-type]
 
 
 class Recorder:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import struct
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 
 from rtkit import uvicorn_protocol
+from rtkit._passthrough import write_now_of
 from rtkit.testing import LiveServer
 from rtkit.uvicorn_protocol import FastWebSocketProtocol
 from tests.live import TIMEOUT, RawClient
@@ -405,6 +407,56 @@ async def test_sends_after_a_close_or_a_lost_peer_behave_as_uvicorns() -> None:
     app_done.set()
 
 
+async def test_write_now_writes_what_send_writes_and_declines_when_send_must_decide() -> None:
+    app_done = asyncio.Event()
+    stock = Driven(WebSocketsSansIOProtocol, app_done)
+    fast = Driven(FastWebSocketProtocol, app_done)
+    for driven in (stock, fast):
+        await driven.open()
+    for message in ({"type": "websocket.send", "text": "hé"}, {"type": "websocket.send", "bytes": b"\x00"}):
+        await stock.protocol.send(message)
+        assert fast.protocol.write_now(message) is True
+    assert fast.transport.written == stock.transport.written
+    fast.transport.written.clear()
+    declined: list[dict[str, Any]] = [
+        {"type": "websocket.close", "code": 1000},
+        {"type": "websocket.send"},
+        {"type": "websocket.send", "bytes": "a str"},
+        {"type": "websocket.send", "text": b"bytes"},
+    ]
+    assert [fast.protocol.write_now(message) for message in declined] == [False] * 4
+    fast.protocol.writable.clear()  # the transport asked for a pause: send waits, write_now declines
+    assert fast.protocol.write_now({"type": "websocket.send", "text": "later"}) is False
+    fast.protocol.writable.set()
+    fast.protocol.conn.writes.append(b"\x8a\x00")  # a pong waits to go out first
+    assert fast.protocol.write_now({"type": "websocket.send", "text": "later"}) is False
+    fast.protocol.conn.writes.clear()
+    await fast.protocol.send({"type": "websocket.close", "code": 1000})
+    fast.transport.written.clear()
+    assert fast.protocol.write_now({"type": "websocket.send", "text": "late"}) is False
+    assert fast.transport.written == b""
+    unopened = Driven(FastWebSocketProtocol, app_done)
+    assert unopened.protocol.write_now({"type": "websocket.send", "text": "early"}) is False
+    app_done.set()
+
+
+async def test_write_now_is_found_only_behind_the_protocols_own_send() -> None:
+    app_done = asyncio.Event()
+
+    class OwnSend(FastWebSocketProtocol):
+        async def send(self, message: Any) -> None:  # a subclass's send must keep being called
+            await super().send(message)
+
+    class SameSend(FastWebSocketProtocol):
+        pass
+
+    fast = Driven(FastWebSocketProtocol, app_done).protocol
+    assert write_now_of(fast.send) == fast.write_now
+    assert write_now_of(Driven(SameSend, app_done).protocol.send) is not None
+    assert write_now_of(Driven(OwnSend, app_done).protocol.send) is None
+    assert write_now_of(Driven(WebSocketsSansIOProtocol, app_done).protocol.send) is None
+
+
 async def test_without_the_parser_state_it_checks_every_frame_takes_uvicorns_code(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -545,3 +597,43 @@ async def test_the_class_path_works_as_uvicorns_ws_option() -> None:
             await ws.send("hello")
             with anyio.fail_after(TIMEOUT):
                 assert await ws.recv() == "hello"
+
+
+async def test_rtkits_broadcast_writes_each_member_its_frame_without_awaiting_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rtkit import Outbox
+    from rtkit.demo import create_app
+
+    written: list[str] = []
+    write_now = FastWebSocketProtocol.write_now
+
+    def counting(self: FastWebSocketProtocol, message: Any) -> bool:
+        done = write_now(self, message)
+        # Called by the outbox itself, not by the protocol's own send.
+        if done and sys._getframe(1).f_code is Outbox.put.__code__ and '"message"' in message["text"]:
+            written.append(message["text"])
+        return done
+
+    monkeypatch.setattr(FastWebSocketProtocol, "write_now", counting)
+    # As `rtkit serve` runs it: without permessage-deflate (frames a client compresses take
+    # uvicorn's general path).
+    with LiveServer(create_app(), ws=FastWebSocketProtocol, ws_per_message_deflate=False) as live:
+        members = [await connect(live.ws_url(f"/ws/chat/now?name=m{i}")) for i in range(4)]
+        try:
+            for ws in members:
+                with anyio.fail_after(TIMEOUT):
+                    while '"welcome"' not in str(await ws.recv()):
+                        pass
+            await members[0].send('{"type":"say","text":"to all"}')
+            with anyio.fail_after(TIMEOUT):
+                for ws in members:
+                    while '"message"' not in (frame := str(await ws.recv())):
+                        pass
+                    assert '"text":"to all"' in frame
+        finally:
+            for ws in members:
+                await ws.close()
+    # The hub offered the frame to each member's outbox, which wrote it through write_now.
+    assert len(written) == 4
+    assert len(set(written)) == 1
