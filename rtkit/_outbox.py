@@ -273,11 +273,11 @@ class Outbox:
             # this one: write it now if the server can (no user code runs then, so no context
             # is needed), else run the send here, in the connection's context.
             write_now = self._write_now
-            if write_now is not None and write_now(event):
-                self.metrics.messages_out += 1
-                return True
-            driver = _IDLE_DRIVERS.pop() if _IDLE_DRIVERS else _new_driver()
             try:
+                if write_now is not None and write_now(event):
+                    self.metrics.messages_out += 1
+                    return True
+                driver = _IDLE_DRIVERS.pop() if _IDLE_DRIVERS else _new_driver()
                 waiting = self._context.run(driver.send, self._eager_send(event))
             except Exception as exc:  # the peer is gone: the writer reports it, in its own task
                 self._failure = exc

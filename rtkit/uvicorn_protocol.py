@@ -28,9 +28,11 @@ negotiates it, every frame takes the general path) and closing are uvicorn's own
 
 It serves any ASGI app, rtkit's or not. ``rtkit serve`` uses it by default; elsewhere::
 
-    uvicorn app:app --ws rtkit.uvicorn_protocol:FastWebSocketProtocol
+    uvicorn app:app --ws rtkit.uvicorn_protocol:FastWebSocketProtocol --ws-per-message-deflate false
 
-or ``uvicorn.run(app, ws=FastWebSocketProtocol)``. It needs uvicorn's ``websockets-sansio``
+or ``uvicorn.run(app, ws=FastWebSocketProtocol, ws_per_message_deflate=False)``: uvicorn
+offers deflate unless told not to, browsers always ask for it, and a connection that
+negotiated it takes the general path for every frame. It needs uvicorn's ``websockets-sansio``
 protocol (uvicorn 0.35 or later) and the websockets library (``pip install 'rtkit[speed]'``).
 Where the installed websockets lacks the parser state the fast path checks, every frame takes
 uvicorn's code and a warning says so once.
@@ -226,7 +228,8 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         Returns False, having written nothing, when it cannot (the socket is not open, its
         transport is paused, something else waits to go out, deflate was negotiated, or the
         event is not a well-formed ``websocket.send``): ``send`` must take the event then.
-        rtkit's outbox calls this instead of awaiting ``send`` (see ``_writes_now_for``).
+        What the transport's ``write`` raises is raised, as ``send`` would. rtkit's outbox
+        calls this instead of awaiting ``send`` (see ``_writes_now_for``).
         """
         if (
             message["type"] == "websocket.send"

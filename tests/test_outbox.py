@@ -283,18 +283,35 @@ async def test_a_waiting_send_is_cancelled_with_its_writer() -> None:
     assert outbox.metrics.messages_out == 0
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.anyio
-async def test_a_failed_eager_send_ends_the_writer_not_the_caller() -> None:
-    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-    outcome: list[BaseException] = []
+class _GoneSend:
+    """A server whose socket is gone: its ``send`` raises, or its ``write_now`` does."""
 
-    async def send(message: Message) -> None:
-        raise ConnectionResetError("the peer is gone")
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.error = ConnectionResetError("the peer is gone")  # what uvicorn says then
+
+    def write_now(self, message: Message) -> bool:
+        if self.where == "write_now":
+            raise self.error
+        return False
+
+    async def send(self, message: Message) -> None:
+        raise self.error
+
+    _writes_now_for = send
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("where", ["send", "write_now"])
+@pytest.mark.anyio
+async def test_a_failed_eager_send_ends_the_writer_not_the_caller(where: str) -> None:
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    gone = _GoneSend(where)
+    outcome: list[BaseException] = []
 
     async def write() -> None:
         try:
-            await outbox.drain(send)
+            await outbox.drain(gone.send)
         except ConnectionResetError as exc:
             outcome.append(exc)
 
@@ -305,7 +322,7 @@ async def test_a_failed_eager_send_ends_the_writer_not_the_caller() -> None:
         with anyio.fail_after(5):
             while not outcome:
                 await anyio.wait_all_tasks_blocked()
-    assert isinstance(outcome[0], ConnectionResetError)
+    assert outcome == [gone.error]
     assert not outbox.put(event(2), 1)  # the writer has ended: nothing is taken any more
     assert texts(outbox) == []
 
