@@ -120,7 +120,6 @@ class Outbox:
         "queue",
         "_idle",
         "eager_active",
-        "_flushing",
         "closing",
         "max_bytes",
         "_context",
@@ -133,7 +132,6 @@ class Outbox:
         "_failure",
         "_in_flight",
         "_start_writer",
-        "_wake_pending",
         "_wakeup",
         "_detached",
         "dropped",
@@ -169,8 +167,6 @@ class Outbox:
         self.closing = False
         """Whether a close was requested (no more frames are taken)."""
         self._wakeup: asyncio.Future[None] | anyio.Event | None = None
-        self._flushing = False
-        self._wake_pending = False
         self._eager = eager
         # True while no writer runs or is due to run: attached and not started yet, or parked.
         self._idle = False
@@ -248,27 +244,15 @@ class Outbox:
         """Payload bytes waiting now."""
         return self._bytes
 
-    def put(self, event: dict[str, Any], size: int, *, wake: bool = True) -> bool:
+    def put(self, event: dict[str, Any], size: int) -> bool:
         """Queue an ASGI send event of ``size`` payload bytes; never waits.
-
-        With ``wake=False`` the writer is left asleep: the caller promises to call ``flush``
-        soon, which sends inline when it can. (RealtimeEndpoint does not: a handler that sends
-        and then awaits must not have its frames held until it returns.)
 
         Returns:
             True if taken (sent at once, or queued); False if refused (closing, the overflow
             policy dropped it, or an eager send found the peer gone).
         """
         queue = self.queue
-        if (
-            not queue
-            and self._idle
-            and wake
-            and self.eager_active
-            and not self._flushing
-            and not self.closing
-            and size <= self.max_bytes
-        ):
+        if not queue and self._idle and self.eager_active and not self.closing and size <= self.max_bytes:
             # The eager send. The writer sleeps and nothing is queued, so no frame is ahead of
             # this one: write it now if the server can (no user code runs then, so no context
             # is needed), else run the send here, in the connection's context.
@@ -304,7 +288,7 @@ class Outbox:
             return False
         queue.append((event, size))
         self._bytes += size
-        if wake and self._idle:
+        if self._idle:
             self._wake()
         return True
 
@@ -359,9 +343,6 @@ class Outbox:
             self._wake()
 
     def _wake(self) -> None:
-        if self._flushing:
-            self._wake_pending = True  # the flush sends it, or wakes the writer when done
-            return
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -373,35 +354,6 @@ class Outbox:
         elif self._idle and self._start_writer is not None:  # the first time a writer is needed
             self._idle = False
             self._start_writer()
-
-    async def flush(self, send: Send) -> None:
-        """Send what waits now, from the caller's task when the writer is asleep.
-
-        Frames queued with ``wake=False`` cost no task switch this way: the task that queued
-        them sends them. When the writer is already awake (or a close is due) it is left to the
-        writer, so frames never go out from two tasks at once. A failed send means the peer is
-        gone.
-        """
-        queue = self.queue
-        if not queue or not self._idle or self._close is not None or self._flushing:
-            if queue or self._close is not None:
-                self._wake()
-            return
-        self._flushing = True
-        metrics = self.metrics
-        try:
-            while queue:
-                event, size = queue.popleft()
-                self._bytes -= size
-                await send(event)
-                metrics.messages_out += 1
-        except RuntimeError as exc:  # wsproto's word for a socket it already closed
-            raise ConnectionResetError(str(exc)) from exc
-        finally:
-            self._flushing = False
-        if self._wake_pending or self._close is not None:
-            self._wake_pending = False
-            self._wake()
 
     async def drain(self, send: Send) -> tuple[int, str]:
         """Send queued frames in order until a close is requested; then send the close.

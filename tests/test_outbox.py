@@ -124,83 +124,6 @@ async def test_the_writer_sends_everything_in_order_then_the_close() -> None:
     assert result == [(4000, "bye")]
 
 
-@pytest.mark.anyio
-async def test_flush_sends_inline_while_the_writer_sleeps_and_defers_to_it_otherwise() -> None:
-    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-    by_writer: list[Message] = []
-    inline: list[Message] = []
-    gate = anyio.Event()
-
-    async def writer_send(message: Message) -> None:
-        by_writer.append(message)
-
-    async def inline_send(message: Message) -> None:
-        inline.append(message)
-        if len(inline) == 1:
-            # Another task queues while the inline flush is under way: the writer must stay
-            # asleep until the flush ends, then send it (never two senders at once).
-            outbox.put(event(2), 1)
-            await gate.wait()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(outbox.drain, writer_send)
-        await anyio.wait_all_tasks_blocked()
-        outbox.put(event(1), 1, wake=False)
-        assert by_writer == []  # not woken
-        tg.start_soon(outbox.flush, inline_send)
-        await anyio.wait_all_tasks_blocked()
-        assert [m["text"] for m in inline] == ["1"]
-        assert by_writer == []
-        gate.set()
-        await anyio.wait_all_tasks_blocked()
-        # The flush took the frame queued meanwhile too, in order; the writer got nothing.
-        assert [m["text"] for m in inline] == ["1", "2"]
-        outbox.put(event(3), 1)  # a normal put wakes the writer again
-        await anyio.wait_all_tasks_blocked()
-        assert [m["text"] for m in by_writer] == ["3"]
-        outbox.close(1000)
-    assert by_writer[-1]["type"] == "websocket.close"
-
-
-@pytest.mark.anyio
-async def test_flush_leaves_frames_to_a_writer_that_is_awake() -> None:
-    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-    sent: list[Message] = []
-
-    async def never(message: Message) -> None:  # pragma: no cover - must not be called
-        raise AssertionError("flushed while the writer was awake")
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    outbox.put(event(1), 1)  # no writer yet: nobody is asleep, so nothing may send inline
-    await outbox.flush(never)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(outbox.drain, send)
-        await anyio.wait_all_tasks_blocked()
-        outbox.close(1000)
-    assert [m.get("text") for m in sent] == ["1", None]
-
-
-@pytest.mark.anyio
-async def test_a_socket_closed_under_an_inline_flush_reads_as_a_reset() -> None:
-    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
-
-    async def refusing(message: Message) -> None:
-        raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.")
-
-    async def quiet(message: Message) -> None:
-        pass
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(outbox.drain, quiet)
-        await anyio.wait_all_tasks_blocked()
-        outbox.put(event(1), 1, wake=False)
-        with pytest.raises(ConnectionResetError):
-            await outbox.flush(refusing)
-        tg.cancel_scope.cancel()
-
-
 # -- the eager send ----------------------------------------------------------------------------
 
 
@@ -468,22 +391,31 @@ async def test_frames_queued_before_attach_start_the_writer_at_attach() -> None:
 @pytest.mark.anyio
 async def test_a_detached_outbox_sends_nothing_and_starts_no_writer() -> None:
     outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    starts: list[None] = []
 
     async def send(message: Message) -> None:  # pragma: no cover - must not be called
         raise AssertionError("sent after detach")
 
-    async with anyio.create_task_group() as tg:
-        writers = _Writers(tg, outbox, send)
-        outbox.attach(send, writers)
-        outbox.put(event(0), 1, wake=False)  # queued while attached, never sent
-        outbox.detach()
-        assert not outbox.eager_active
-        assert not outbox.put(event(1), 1)  # refused: the connection has gone
-        outbox.close(1000)
-        assert writers.started == 0
+    outbox.put(event(0), 1)  # queued before the connection opened
+    # A writer that is asked for but never runs: the frame is still queued at detach.
+    outbox.attach(send, lambda: starts.append(None))
+    assert texts(outbox) == ["0"]
+    assert len(starts) == 1
+    outbox.detach()
+    assert not outbox.eager_active
+    assert not outbox.put(event(1), 1)  # refused: the connection has gone
+    outbox.close(1000)
+    assert len(starts) == 1  # neither the refused frame nor the close asked for a writer
     assert texts(outbox) == []  # nothing held for a connection that has gone
     assert outbox.queued_bytes == 0
     assert outbox.dropped == 0  # not the overflow policy's doing
+
+    idle = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    idle.attach(send, lambda: starts.append(None))  # nothing queued: no writer yet
+    idle.detach()
+    assert not idle.put(event(2), 1)
+    idle.close(1000)
+    assert len(starts) == 1  # a writer that was never needed is not started by a late close
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
