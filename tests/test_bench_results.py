@@ -111,6 +111,44 @@ def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
     assert len(dashed) == 1  # one floor tick, on the tutorial bar; raw ASGI's own ratio has no bar
 
 
+def test_echo_reports_the_median_round_trip_beside_the_rate_without_a_target() -> None:
+    settings = msgspec.structs.replace(
+        PROFILES["smoke"],
+        e2e_contenders=("rtkit", "fastapi-tutorial"),
+        protocol_extras=("rtkit-fast",),
+        echo_connections=(1,),
+        broadcast_members=(),
+        idle_connections=(),
+    )
+
+    def measured(contender: str, rtts: list[float]) -> Measurement:
+        return Measurement(
+            case="echo",
+            param="1 connections",
+            contender=contender,
+            metrics={"rtt_p50_us": sorted(rtts)[1], "replies_per_s": 1e6 / sorted(rtts)[1]},
+            samples={"rtt_p50_us": rtts},
+        )
+
+    section = Section(
+        name="e2e",
+        title="t",
+        description="d",
+        lower_is_better=["rtt_p50_us"],
+        measurements=[
+            measured("rtkit", [100.0, 110.0, 105.0]),
+            measured("rtkit-fast", [80.0, 90.0, 85.0]),
+            measured("fastapi-tutorial", [150.0, 132.0, 126.0]),
+        ],
+    )
+    _ratios(section, settings)
+    rtt = {(r.contender, r.baseline): r for r in section.ratios if r.metric == "rtt_p50_us"}
+    assert set(rtt) == {("rtkit", "fastapi-tutorial"), ("rtkit-fast", "fastapi-tutorial")}
+    assert rtt[("rtkit", "fastapi-tutorial")].per_repeat == [1.5, 1.2, 1.2]  # lower is better
+    assert rtt[("rtkit-fast", "fastapi-tutorial")].value == 126.0 / 85.0  # median of 150/80, 132/90, 126/85
+    assert all(r.target is None for r in rtt.values())
+
+
 def test_a_lost_repeat_keeps_its_series_out_of_per_repeat_pairs() -> None:
     # rtkit lost repeat 1, the baseline repeat 2: pairing the survivors by position would put
     # figures of different repeats side by side. The ratio falls back to the medians.

@@ -311,6 +311,19 @@ def _ratios(section: Section, settings: Settings) -> None:
                 )
                 ratio.floor = floor.value if floor is not None else None
             add_ratio(section, case="echo", param=param, metric="server_cpu_us_per_msg", baseline=baseline)
+            # The typical round trip, beside the rate: with few messages in flight the rate is
+            # one over the mean round trip, which the machine's rare long stalls (a virtual CPU
+            # descheduled) move as much as the servers do; the median is left to the servers.
+            # Informational: the targets stay on replies per second.
+            for contender in ("rtkit", *[c for c in settings.protocol_extras if c == "rtkit-fast"]):
+                add_ratio(
+                    section,
+                    case="echo",
+                    param=param,
+                    metric="rtt_p50_us",
+                    baseline=baseline,
+                    contender=contender,
+                )
         _protocol_ratios(section, settings, "echo", f"{n} connections", "replies_per_s", ECHO_TARGETS)
     for n in settings.broadcast_members:
         for baseline in baselines:
