@@ -18,6 +18,7 @@ from benchmarks import codec, hub_fanout
 from benchmarks.__main__ import BENCHMARKS, main
 from benchmarks._results import Report, Section
 from benchmarks.e2e.apps import APPS, build
+from benchmarks.e2e.bench import LOOPBACK_KEY
 from benchmarks.settings import PROFILES
 
 SMOKE = PROFILES["smoke"]
@@ -80,6 +81,9 @@ def test_hub(report: Report) -> None:
 def test_e2e(report: Report) -> None:
     section = _section(report, "e2e")
     assert section.notes == []  # a failed server or client run leaves a note
+    loopback = section.find(*LOOPBACK_KEY)
+    assert loopback is not None
+    assert {"round_trips_per_s", "rtt_p50_us", "rtt_p99_us"} <= loopback.metrics.keys()
     for contender in SMOKE.e2e_contenders:
         echo = section.find("echo", f"{SMOKE.echo_connections[0]} connections", contender)
         assert echo is not None

@@ -1,7 +1,8 @@
 """The end-to-end benchmark: each contender served by uvicorn, driven by the load client.
 
-For every repeat and every contender (the order rotates between repeats so that slow drifts of
-the machine fall on everyone): echo at each connection count, room broadcast at each member
+For every repeat: the machine's own loopback round trip (two bare processes, no server), then
+for every contender (the order rotates between repeats so that slow drifts of the machine fall
+on everyone): echo at each connection count, room broadcast at each member
 count, idle connections, and a broadcast with one member that stops reading.
 """
 
@@ -14,12 +15,13 @@ from collections.abc import Callable
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
 
 from benchmarks._results import Measurement, Section, add_ratio, merge_samples
+from benchmarks.e2e import floor
 from benchmarks.e2e.loadgen import LoadResult, LoadSpec
 from benchmarks.e2e.processes import BenchProcessError, ServerProcess, run_client
 from benchmarks.environment import CLIENT_CPU, SERVER_CPU
 from benchmarks.settings import Settings
 
-__all__ = ["LOWER_IS_BETTER", "METRIC_UNITS", "Collector", "run"]
+__all__ = ["LOOPBACK_KEY", "LOWER_IS_BETTER", "METRIC_UNITS", "Collector", "run"]
 
 ECHO_TARGETS = {"raw-asgi": 0.9, "fastapi-tutorial": 1.3}
 BROADCAST_TARGETS = {"raw-asgi": 0.85}
@@ -28,8 +30,12 @@ STALLED_TARGET = 0.8
 # member is stalled means something else is growing.
 STALLED_RSS_BOUND_MIB = 64.0
 
+LOOPBACK_KEY = ("loopback", "1 connection", "bare sockets")
+"""Where the loopback round trip of two bare processes is recorded (no contender of its own)."""
+
 METRIC_UNITS = {
     "replies_per_s": "/s",
+    "round_trips_per_s": "/s",
     "deliveries_per_s": "/s",
     "rtt_p50_us": "us",
     "rtt_p99_us": "us",
@@ -233,6 +239,19 @@ def _one_repeat(settings: Settings, contenders: list[str], repeat: int, pin: boo
             out.failures.append(f"{app}: still busy 15 s after {' / '.join(key)}; restarted")
 
     try:
+        # The machine's own round trip, measured beside the echoes whose 1-connection figures
+        # it bounds (see benchmarks.e2e.floor).
+        out.record(
+            LOOPBACK_KEY,
+            functools.partial(
+                floor.measure,
+                server_cpu=SERVER_CPU if pin else None,
+                client_cpu=CLIENT_CPU if pin else None,
+                seconds=settings.e2e_seconds,
+                warmup=settings.e2e_warmup,
+                max_round_trips=settings.e2e_max_messages,
+            ),
+        )
         for n in settings.echo_connections:
             for app in [*contenders, *settings.protocol_extras]:
                 record(("echo", f"{n} connections", app), scenario="echo", connections=n)
@@ -270,7 +289,9 @@ def run(settings: Settings, *, pin: bool = True) -> Section:
         description=(
             "Server and load client in separate processes"
             + (", pinned to separate cores" if pin else "")
-            + ". Echo: one typed message in flight per connection, decoded, checked and sent back. "
+            + ". Loopback: two bare processes passing 100 bytes back and forth with blocking "
+            "sockets, placed as server and client are: the round trip no 1-connection echo beats. "
+            "Echo: one typed message in flight per connection, decoded, checked and sent back. "
             "Broadcast: member 0 sends 'say', every member receives 'message'; latency is "
             "publish-to-delivery. Idle: server RSS per open socket. In each repeat the contenders "
             "of a case run back to back; a ratio is the median of the per-repeat ratios."

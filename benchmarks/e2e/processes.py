@@ -18,10 +18,10 @@ import msgspec
 
 from benchmarks.e2e.loadgen import LoadResult, LoadSpec
 
-__all__ = ["BenchProcessError", "ServerProcess", "run_client"]
+__all__ = ["PROJECT_ROOT", "BenchProcessError", "ServerProcess", "child_env", "run_client"]
 
-# The directory that holds the ``benchmarks`` package: child processes import it from there.
-_ROOT = Path(__file__).absolute().parents[2]
+PROJECT_ROOT = Path(__file__).absolute().parents[2]
+"""The directory that holds the ``benchmarks`` package: child processes import it from there."""
 _START_TIMEOUT = 30.0
 
 
@@ -29,9 +29,10 @@ class BenchProcessError(RuntimeError):
     """A server or client process failed; the message carries the end of its stderr."""
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a child process: ``benchmarks`` importable, hashing fixed."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONHASHSEED", "0")
     return env
 
@@ -96,7 +97,7 @@ class ServerProcess:
         """Start the process; returns once it accepts connections."""
         with self._log.open("wb") as log:
             self._proc = subprocess.Popen(
-                self.args, stdout=subprocess.PIPE, stderr=log, cwd=_ROOT, env=_env()
+                self.args, stdout=subprocess.PIPE, stderr=log, cwd=PROJECT_ROOT, env=child_env()
             )
         stdout = self._proc.stdout
         if stdout is None:  # pragma: no cover - stdout is a pipe
@@ -167,7 +168,9 @@ def run_client(spec: LoadSpec) -> LoadResult:
     """Run the load client with ``spec`` in its own process and return what it measured."""
     args = [sys.executable, "-m", "benchmarks.e2e.loadgen", msgspec.json.encode(spec).decode()]
     try:
-        done = subprocess.run(args, capture_output=True, cwd=_ROOT, env=_env(), timeout=spec.timeout + 30)
+        done = subprocess.run(
+            args, capture_output=True, cwd=PROJECT_ROOT, env=child_env(), timeout=spec.timeout + 30
+        )
     except subprocess.TimeoutExpired as exc:
         raise BenchProcessError(f"the load client ({spec.scenario}) overran its time limit") from exc
     if done.returncode != 0:
