@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks._results import Report, Section
-from benchmarks.environment import SERVER_CPU, can_pin, describe, pinning_plan
+from benchmarks.environment import SERVER_CPU, can_pin, describe, pinned_to, pinning_plan
 from benchmarks.settings import PROFILES, Settings
 
 __all__ = ["BENCHMARKS", "build_parser", "main", "run"]
@@ -55,18 +54,9 @@ IN_PROCESS = frozenset({"codec", "hub"})
 DEFAULT_OUT = Path(__file__).absolute().parent / "results"
 
 
-@contextlib.contextmanager
-def _pinned(enabled: bool) -> Iterator[None]:
+def _pinned(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Keep an in-process benchmark on one core (no migrations mid-measurement)."""
-    if not (enabled and can_pin()):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {SERVER_CPU})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
+    return pinned_to(SERVER_CPU if enabled and can_pin() else None)
 
 
 def build_parser() -> argparse.ArgumentParser:

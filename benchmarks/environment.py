@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import resource
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIENT_CPU", "SERVER_CPU", "describe", "pin", "pinning_plan", "raise_nofile_limit"]
+__all__ = [
+    "CLIENT_CPU",
+    "SERVER_CPU",
+    "describe",
+    "pin",
+    "pinned_to",
+    "pinning_plan",
+    "raise_nofile_limit",
+]
 
 _PACKAGES = (
     "rtkit",
@@ -75,6 +85,20 @@ def pin(cpu: int | None) -> list[int] | None:
         return available
     os.sched_setaffinity(0, {cpu})
     return sorted(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def pinned_to(cpu: int | None) -> Iterator[None]:
+    """Run the calling process on ``cpu`` meanwhile (as ``pin`` does), then where it ran before."""
+    if cpu is None or not hasattr(os, "sched_getaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    pin(cpu)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def pinning_plan(enabled: bool) -> dict[str, Any]:

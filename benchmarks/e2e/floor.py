@@ -14,19 +14,17 @@ connection that comes to the listening socket it inherits, and exits when that c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 from array import array
-from collections.abc import Iterator
 
 from benchmarks.e2e.loadgen import LoadResult
 from benchmarks.e2e.measure import percentile
 from benchmarks.e2e.processes import PROJECT_ROOT, BenchProcessError, child_env
-from benchmarks.environment import pin
+from benchmarks.environment import pin, pinned_to
 
 __all__ = ["MESSAGE_BYTES", "main", "measure"]
 
@@ -82,7 +80,7 @@ def measure(
         address = listener.getsockname()
     notes: list[str] = []
     try:
-        with _moved_to(client_cpu), socket.create_connection(address, timeout=_TIMEOUT) as sock:
+        with pinned_to(client_cpu), socket.create_connection(address, timeout=_TIMEOUT) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             rtts, elapsed = _time_round_trips(sock, seconds, warmup, max_round_trips)
             # Both sides answered, so both have placed themselves: say where, if not as asked
@@ -112,19 +110,6 @@ def _cores(pid: int) -> list[int] | None:
     if not hasattr(os, "sched_getaffinity"):
         return None
     return sorted(os.sched_getaffinity(pid))
-
-
-@contextlib.contextmanager
-def _moved_to(cpu: int | None) -> Iterator[None]:
-    if cpu is None or not hasattr(os, "sched_getaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    pin(cpu)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def _time_round_trips(
