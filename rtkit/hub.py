@@ -205,9 +205,16 @@ class Hub:
         """The backend's callback: tell this process's subscribers of ``channel`` of a loss."""
         self.metrics.gaps += 1
         state = self._channels.get(channel)
-        if state is not None:
-            for subscriber in state.members.values():
+        if state is None:
+            return
+        # A list: an ``on_gap`` may unsubscribe (close its socket), which changes the members.
+        for subscriber in list(state.members.values()):
+            try:
                 subscriber.on_gap(channel, missed)
+            except Exception:
+                # As in ``deliver``: one subscriber's failure is its own, and the others are
+                # still told of the loss.
+                logger.exception("a subscriber of %r failed to take a gap notice", channel)
 
     # -- subscriptions ----------------------------------------------------------------------
 

@@ -225,6 +225,25 @@ async def test_a_gap_reported_by_the_backend_reaches_the_channel_subscribers() -
         assert hub.metrics.gaps == 2
 
 
+class GapFails(Recorder):
+    def on_gap(self, channel: str, missed: int) -> None:
+        raise RuntimeError("this subscriber's gap handler is broken")
+
+
+async def test_a_subscriber_whose_gap_handler_raises_costs_the_others_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Hub() as hub:
+        before, broken, after = Recorder(), GapFails(), Recorder()
+        for subscriber in (before, broken, after):
+            await hub.subscribe("c", subscriber)
+        hub.gap("c", 2)  # the backend's call: nothing may escape into it
+        assert before.gaps == after.gaps == [("c", 2)]
+        assert "failed to take a gap notice" in caplog.text
+        await hub.publish("c", 1)  # the channel still delivers to everyone
+        assert before.decoded() == after.decoded() == broken.decoded() == [1]
+
+
 async def test_presence_keeps_join_order_and_forgets_who_left() -> None:
     async with Hub() as hub:
         await hub.join("room", "1", "ann")

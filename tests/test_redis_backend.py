@@ -420,6 +420,36 @@ async def test_a_receiver_that_raises_costs_one_message_not_the_connection(
     await backend.shutdown()
 
 
+class _GapFails(Recorder):
+    """A receiver whose gap notices raise."""
+
+    def gap(self, channel: str, missed: int) -> None:
+        super().gap(channel, missed)
+        raise RuntimeError("a bug in the receiver's gap handling")
+
+
+async def test_a_failing_gap_notice_does_not_cost_the_message_that_revealed_the_gap(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = unique_prefix()
+    backend = _backend(redis_url, prefix)
+    received = _GapFails()
+    await backend.startup(received)
+    await backend.subscribe("g")
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        for seq, data in ((1, b"a"), (3, b"c"), (4, b"d")):  # #2 lost in transit
+            await raw.publish(f"{prefix}:g", pack(b"P" * 8, seq, data))
+    finally:
+        await raw.aclose()
+    with anyio.fail_after(5):
+        await received.wait_for(lambda: b"d" in received.received("g"))
+    assert received.received("g") == [b"a", b"c", b"d"]
+    assert received.gaps == [("g", 1)]
+    assert "failed on a gap notice" in caplog.text
+    await backend.shutdown()
+
+
 async def test_a_refusal_by_redis_is_a_backend_error_not_an_outage(redis_url: str) -> None:
     prefix = unique_prefix()
     backend = _backend(redis_url, prefix)

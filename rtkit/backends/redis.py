@@ -338,10 +338,14 @@ class RedisBackend(Backend):
             return
         # The reader calls this for every message: a receiver that raises must cost that one
         # message, not the connection and every message in flight with it.
-        try:
-            if missed:
-                logger.warning("lost %d message(s) on channel %r", missed, channel)
+        if missed:
+            logger.warning("lost %d message(s) on channel %r", missed, channel)
+            try:
                 receiver.gap(channel, missed)
+            except Exception:
+                logger.exception("the receiver failed on a gap notice of channel %r", channel)
+        # Apart from the gap notice: the message that revealed the loss is still delivered.
+        try:
             receiver.deliver(channel, data)
         except Exception:
             logger.exception("the receiver failed on a message of channel %r", channel)
