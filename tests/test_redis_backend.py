@@ -235,23 +235,34 @@ async def test_blackhole_is_detected_within_the_bound(redis_server: RedisServer)
     assert len(asyncio.all_tasks()) == baseline
 
 
+async def _publish_raw(redis_url: str, key: str, payloads: list[bytes]) -> None:
+    """Publish ``payloads`` to ``key`` as they are, bypassing the backend (headers made by hand)."""
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        for payload in payloads:
+            await raw.publish(key, payload)
+    finally:
+        await raw.aclose()
+
+
 async def test_a_jump_in_sequence_is_reported_with_its_count(redis_url: str) -> None:
     prefix = unique_prefix()
     backend = _backend(redis_url, prefix)
     received = Recorder()
     await backend.startup(received)
     await backend.subscribe("j")
-    raw = aioredis.Redis.from_url(redis_url)
-    try:
-        publisher = b"P" * 8
-        for seq, data in ((1, b"a"), (2, b"b"), (6, b"c")):
-            await raw.publish(f"{prefix}:j", pack(publisher, seq, data))
-        await raw.publish(f"{prefix}:j", b"not ours")
-        await raw.publish(f"{prefix}:j", pack(publisher, 7, b"d"))
-        await raw.publish(f"{prefix}:j", pack(publisher, 7, b"d"))  # resent: a duplicate
-        await raw.publish(f"{prefix}:j", pack(b"Q" * 8, 40, b"other publisher"))
-    finally:
-        await raw.aclose()
+    publisher = b"P" * 8
+    await _publish_raw(
+        redis_url,
+        f"{prefix}:j",
+        [
+            *(pack(publisher, seq, data) for seq, data in ((1, b"a"), (2, b"b"), (6, b"c"))),
+            b"not ours",
+            pack(publisher, 7, b"d"),
+            pack(publisher, 7, b"d"),  # resent: a duplicate
+            pack(b"Q" * 8, 40, b"other publisher"),
+        ],
+    )
     with anyio.fail_after(5):
         await received.wait_for(lambda: len(received.messages) == 5)
     assert received.received("j") == [b"a", b"b", b"c", b"d", b"other publisher"]
@@ -436,12 +447,9 @@ async def test_a_failing_gap_notice_does_not_cost_the_message_that_revealed_the_
     received = _GapFails()
     await backend.startup(received)
     await backend.subscribe("g")
-    raw = aioredis.Redis.from_url(redis_url)
-    try:
-        for seq, data in ((1, b"a"), (3, b"c"), (4, b"d")):  # #2 lost in transit
-            await raw.publish(f"{prefix}:g", pack(b"P" * 8, seq, data))
-    finally:
-        await raw.aclose()
+    # Number 2 was lost in transit.
+    lost_one = [pack(b"P" * 8, seq, data) for seq, data in ((1, b"a"), (3, b"c"), (4, b"d"))]
+    await _publish_raw(redis_url, f"{prefix}:g", lost_one)
     with anyio.fail_after(5):
         await received.wait_for(lambda: b"d" in received.received("g"))
     assert received.received("g") == [b"a", b"c", b"d"]
