@@ -509,6 +509,11 @@ def test_the_sequence_tracker_remembers_a_bounded_number_of_publishers(
         assert tracker.check("c", publisher, 1) == 0
     assert list(tracker._last["c"]) == [b"B" * 8, b"C" * 8]  # the oldest was forgotten
     assert tracker.check("c", b"C" * 8, 4) == 2  # the others still count
+    # B talks again, then a newcomer arrives: C, heard from least recently, goes, not B.
+    assert tracker.check("c", b"B" * 8, 2) == 0
+    assert tracker.check("c", b"D" * 8, 1) == 0
+    assert list(tracker._last["c"]) == [b"B" * 8, b"D" * 8]
+    assert tracker.check("c", b"B" * 8, 4) == 1  # B's loss is still counted
 
 
 def test_the_sequence_tracker_drops_a_number_it_has_seen() -> None:

@@ -63,12 +63,16 @@ class SequenceTracker:
             # A publisher never reuses a number on a channel (it spends one before sending,
             # and a forgotten channel starts again under a new id): this is a resend.
             return DUPLICATE
-        seen[publisher] = seq
         if last is None:
+            seen[publisher] = seq
             if len(seen) > _MAX_PUBLISHERS:
-                # Publishers come and go (new ids at every start): forget the oldest.
+                # Publishers come and go (new ids at every start): forget the one heard from
+                # least recently, never one that is still talking.
                 del seen[next(iter(seen))]
             return 0
+        # Moved to the end: the dict's order is the order publishers were last heard from.
+        del seen[publisher]
+        seen[publisher] = seq
         return seq - last - 1
 
     def forget(self, channel: str) -> None:

@@ -81,6 +81,9 @@ class ChatEndpoint(RealtimeEndpoint):
         # and so is announced to us; `welcome` goes to the front of the queue.
         await self.subscribe(room_channel(self.room))
         await self.hub.join(room_group(self.room), str(self.token), self.user)
+        # From here on others may find this member in their `welcome` list, so leaving is
+        # announced even if the rest of the join fails: a `left` for a name a client never
+        # saw is harmless to it, a member listed and never announced gone would stay forever.
         self._joined = True
         members = await self.hub.members(room_group(self.room))
         welcome = Frame(encode(Welcome(room=self.room, user=self.user, members=members)))
