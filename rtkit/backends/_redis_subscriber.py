@@ -26,10 +26,10 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from rtkit.backends._redis_commands import describe
-from rtkit.errors import BackendUnavailableError, NotStartedError
+from rtkit.errors import BackendError, BackendUnavailableError, NotStartedError
 
 __all__ = ["OUTAGE_ERRORS", "Subscriber", "SubscriberState", "connection_factory"]
 
@@ -43,6 +43,8 @@ SubscriberState = Literal["up", "resync", "down"]
 _SUBSCRIBE = b"subscribe"
 _UNSUBSCRIBE = b"unsubscribe"
 _MESSAGE = b"message"
+_PING = b"ping"
+_PONG = b"pong"
 _RESUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command when resubscribing
 
 
@@ -128,6 +130,10 @@ class Subscriber:
         self._resync: set[bytes] = set()  # live before the last loss, not yet confirmed again
         self._expect: dict[bytes, deque[_Pending]] = {}
         self._orphans: dict[bytes, list[asyncio.Future[None]]] = {}  # waiting for a connection
+        # Commands sent on the current connection and not yet fully answered, oldest first, with
+        # the channels still to be confirmed: Redis answers in order, so an error reply belongs
+        # to the oldest (see _refused).
+        self._sent: deque[tuple[bytes, deque[bytes]]] = deque()
         self._conn: AbstractConnection | None = None
         self._opening: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -222,11 +228,14 @@ class Subscriber:
                         self._expect.setdefault(key, deque()).append(_Pending(_SUBSCRIBE, [waiter]))
                         # On failure the reader sees the loss and resubscribes after reconnecting.
                         with contextlib.suppress(*OUTAGE_ERRORS):
-                            await conn.send_command("SUBSCRIBE", key, check_health=False)
+                            await self._send(conn, _SUBSCRIBE, [key])
                 await waiter
         except BaseException as exc:
-            if key not in self._active:
-                self._wanted.pop(key, None)
+            # The caller is told the subscribe failed, so nothing may keep the key wanted: not
+            # even a confirmation of an earlier attempt that arrived meanwhile. A confirmation
+            # still to come is undone by the reader (see _handle).
+            self._wanted.pop(key, None)
+            self._resync.discard(key)
             # A subscribe that gave up while Redis was out of reach must not leave its waiter
             # behind: clients may retry as often as they like during a long outage.
             orphans = self._orphans.get(key)
@@ -259,10 +268,16 @@ class Subscriber:
                     return  # the next connection will not subscribe it
                 self._expect.setdefault(key, deque()).append(_Pending(_UNSUBSCRIBE, [waiter]))
                 try:
-                    await conn.send_command("UNSUBSCRIBE", key, check_health=False)
+                    await self._send(conn, _UNSUBSCRIBE, [key])
                 except OUTAGE_ERRORS:
                     return
             await waiter
+
+    async def _send(self, conn: AbstractConnection, kind: bytes, keys: list[bytes]) -> None:
+        """Send ``kind`` (SUBSCRIBE, UNSUBSCRIBE or PING) for ``keys``; the caller holds the lock."""
+        # Recorded first: the reader may read the answer while the send is still draining.
+        self._sent.append((kind, deque(keys)))
+        await conn.send_command(kind.decode().upper(), *keys, check_health=False)
 
     def _started(self) -> asyncio.Lock:
         if self._lock is None:
@@ -330,6 +345,7 @@ class Subscriber:
         self._conn = None
         self._resync = (self._resync | self._active) & self._wanted.keys()
         self._active = set()
+        self._sent.clear()
         for key, entries in self._expect.items():
             for pending in entries:
                 if pending.kind == _SUBSCRIBE and key in self._wanted:
@@ -349,9 +365,9 @@ class Subscriber:
             if silent >= self._ping_interval and not self._ping_sent:
                 self._ping_sent = True
                 async with self._started():
-                    await conn.send_command("PING", check_health=False)
+                    await self._send(conn, _PING, [])
             wait = (limit if self._ping_sent else self._ping_interval) - silent
-            response = await conn.read_response(timeout=max(wait, 0.001))
+            response = await self._read(conn, max(wait, 0.001))
             if response is None:
                 silent = time.monotonic() - self._last_rx
                 if silent < limit:
@@ -359,12 +375,51 @@ class Subscriber:
                 # Judged only after reads found nothing: when the event loop itself was held
                 # up, the read's deadline and Redis's answer come due together and the deadline
                 # may win, so look at the buffer once more before calling the line dead.
-                response = await conn.read_response(timeout=0.01)
+                response = await self._read(conn, 0.01)
                 if response is None:
                     raise TimeoutError(f"Redis sent nothing for {silent:.1f}s, not even a PONG")
             self._last_rx = time.monotonic()
             self._ping_sent = False
-            await self._handle(conn, response)
+            if isinstance(response, ResponseError):
+                self._refused(response)
+            else:
+                await self._handle(conn, response)
+
+    @staticmethod
+    async def _read(conn: AbstractConnection, wait: float) -> object:
+        """The next reply, None if none came within ``wait`` seconds, or the error Redis answered.
+
+        An error reply (a SUBSCRIBE that an ACL refuses, say) answers one command; the
+        connection is fine, so it is returned rather than raised as an outage would be.
+        """
+        try:
+            return await conn.read_response(timeout=wait)
+        except ResponseError as exc:
+            return exc
+
+    def _refused(self, exc: ResponseError) -> None:
+        """Redis answered the oldest command still waiting with an error: fail its callers."""
+        self.last_error, self.last_error_at = describe(exc), time.monotonic()
+        if not self._sent:
+            logger.warning("Redis answered an error on the pub/sub connection: %s", self.last_error)
+            return
+        kind, keys = self._sent.popleft()
+        names = [self._wanted.get(key, key.decode(errors="replace")) for key in keys]
+        logger.error("Redis refused %s of %s: %s", kind.decode().upper(), names, self.last_error)
+        error = BackendError(f"Redis refused to {kind.decode()} {names}: {self.last_error}")
+        for key in keys:
+            entries = self._expect.get(key)
+            if not entries:
+                continue
+            pending = entries.popleft()
+            if not entries:
+                del self._expect[key]
+            if kind == _SUBSCRIBE:
+                for waiter in pending.waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+            else:
+                _resolve(pending.waiters)  # not subscribed either way
 
     async def _resubscribe(self, conn: AbstractConnection) -> None:
         async with self._started():
@@ -376,18 +431,33 @@ class Subscriber:
                 _resolve(waiters)  # unsubscribed meanwhile
             self._orphans.clear()
             for start in range(0, len(keys), _RESUBSCRIBE_CHUNK):
-                chunk = keys[start : start + _RESUBSCRIBE_CHUNK]
-                await conn.send_command("SUBSCRIBE", *chunk, check_health=False)
+                await self._send(conn, _SUBSCRIBE, keys[start : start + _RESUBSCRIBE_CHUNK])
+
+    def _answered(self, kind: bytes, key: bytes | None) -> None:
+        """One more answer to the oldest command: for ``key``, or a PONG (``key`` None)."""
+        if not self._sent:
+            return
+        head_kind, keys = self._sent[0]
+        if head_kind != kind:
+            return  # not the answer this record expects; nothing to pair
+        if key is not None and keys and keys[0] == key:
+            keys.popleft()
+        if not keys:
+            self._sent.popleft()
 
     async def _handle(self, conn: AbstractConnection, response: object) -> None:
         if not isinstance(response, list) or len(response) != 3:
-            return  # a PONG outside subscribed mode
+            # A PONG: [b"pong", b""] in subscribed mode, b"PONG" outside it.
+            self._answered(_PING, None)
+            return
         kind, key, value = response
         if kind == _MESSAGE:
             channel = self._wanted.get(key)
             if channel is not None:
                 self._on_message(channel, value)
-        elif kind in (_SUBSCRIBE, _UNSUBSCRIBE):
+            return
+        if kind in (_SUBSCRIBE, _UNSUBSCRIBE):
+            self._answered(kind, key)
             entries = self._expect.get(key)
             if entries:
                 _resolve(entries.popleft().waiters)
@@ -404,4 +474,4 @@ class Subscriber:
                 # A subscribe that gave up (timeout, cancel) was confirmed after all: undo it.
                 async with self._started():
                     self._expect.setdefault(key, deque()).append(_Pending(_UNSUBSCRIBE, []))
-                    await conn.send_command("UNSUBSCRIBE", key, check_health=False)
+                    await self._send(conn, _UNSUBSCRIBE, [key])
