@@ -262,7 +262,14 @@ class Outbox:
                     self.metrics.messages_out += 1
                     return True
                 driver = _IDLE_DRIVERS.pop() if _IDLE_DRIVERS else _new_driver()
-                waiting = self._context.run(driver.send, self._eager_send(event))
+                # Off while the send runs: a frame the send itself offers to this socket (a
+                # middleware wrapping ``send``) queues behind this one, for the writer, rather
+                # than re-entering the context that is running.
+                self.eager_active = False
+                try:
+                    waiting = self._context.run(driver.send, self._eager_send(event))
+                finally:
+                    self.eager_active = not self._detached
             except Exception as exc:  # the peer is gone: the writer reports it, in its own task
                 self._failure = exc
                 self._wake()
@@ -295,8 +302,11 @@ class Outbox:
     def put_front(self, event: dict[str, Any], size: int) -> bool:
         """Queue an event ahead of everything waiting (a greeting that must come first).
 
-        It is charged against the bound like any frame but never displaces others.
+        It is charged against the bound like any frame but never displaces others. Refused,
+        like ``put``, once the connection is over (``detach``).
         """
+        if self._detached:
+            return False
         if self._close is not None:
             self._drop(1)
             return False

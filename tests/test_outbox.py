@@ -273,6 +273,39 @@ async def test_an_eager_send_runs_in_the_connection_context_not_the_callers() ->
         outbox.close(1000)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio has no eager send
+@pytest.mark.anyio
+async def test_a_frame_offered_by_the_send_itself_queues_behind_it() -> None:
+    # A middleware wrapping ``send`` may offer another frame to the same socket while the
+    # eager send runs: it must wait its turn, not break the send that offered it.
+    outbox = Outbox(max_bytes=1000, max_messages=100, policy="disconnect")
+    sent: list[str] = []
+    starts: list[None] = []
+
+    async def send(message: Message) -> None:
+        if message.get("text") == "1":
+            assert outbox.put(event(2), 1)
+        sent.append(message.get("text") or message["type"])
+
+    async with anyio.create_task_group() as tg:
+
+        def start_writer() -> None:
+            starts.append(None)
+            tg.start_soon(outbox.drain, send)
+
+        outbox.attach(send, start_writer)
+        assert outbox.put(event(1), 1)
+        assert sent == ["1"]
+        await anyio.wait_all_tasks_blocked()
+        assert sent == ["1", "2"]
+        assert outbox.eager_active  # the next frame is sent eagerly again
+        assert outbox.put(event(3), 1)
+        await anyio.wait_all_tasks_blocked()
+        outbox.close(1000)
+    assert sent == ["1", "2", "3", "websocket.close"]
+    assert len(starts) == 1
+
+
 # -- the writer starts when first needed --------------------------------------------------------
 
 
@@ -404,6 +437,7 @@ async def test_a_detached_outbox_sends_nothing_and_starts_no_writer() -> None:
     outbox.detach()
     assert not outbox.eager_active
     assert not outbox.put(event(1), 1)  # refused: the connection has gone
+    assert not outbox.put_front(event(1), 1)  # a greeting too
     outbox.close(1000)
     assert len(starts) == 1  # neither the refused frame nor the close asked for a writer
     assert texts(outbox) == []  # nothing held for a connection that has gone
