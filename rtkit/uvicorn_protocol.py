@@ -201,8 +201,8 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
                 try:
                     text = payload.decode()
                 except UnicodeDecodeError:
-                    general_from = pos  # uvicorn's handling closes with 1007
-                    break
+                    self._fail_invalid_utf8()
+                    return
                 queue.put_nowait({"type": "websocket.receive", "text": text})
             else:
                 queue.put_nowait({"type": "websocket.receive", "bytes": payload})
@@ -214,6 +214,18 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.pause_reading()
         if general_from < size:
             super().data_received(data[general_from:] if general_from else data)
+
+    def _fail_invalid_utf8(self) -> None:
+        """Close with 1007, as uvicorn does for a text message that is not UTF-8.
+
+        Done here rather than by handing the frame to the websockets parser: that parser would
+        also read the rest of the bytes, and if the peer's close frame is among them, uvicorn's
+        own 1007 finds the connection already closing and raises out of ``data_received``,
+        which aborts the socket with no close frame at all.
+        """
+        _logger.info("closing with 1007: a text frame from the client was not UTF-8")
+        self.conn.send_close(1007)
+        self.handle_parser_exception()  # uvicorn's: tell the app, write the close, close
 
     def _keep_partial(self, data: bytes, pos: int, needs: int) -> None:
         """Hold the incomplete frame at ``pos`` until ``needs`` bytes of it are here."""

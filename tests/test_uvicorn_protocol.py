@@ -149,7 +149,9 @@ def random_stream(rng: random.Random) -> bytes:
         kind = rng.random()
         size = rng.choice([0, 1, 5, 60, 125, 126, 127, 300, 65535, 65536, 69_000])
         if kind < 0.45:
-            out.append(frame(random_text(rng, size)[:size] if size < 2000 else b"x" * size))
+            text = random_text(rng, size)[:size] if size < 2000 else b"x" * size
+            # Cut on a character boundary: valid traffic is valid UTF-8.
+            out.append(frame(text.decode(errors="ignore").encode()))
         elif kind < 0.7:
             out.append(frame(rng.randbytes(size), 0x2))
         elif kind < 0.8:
@@ -235,6 +237,28 @@ async def test_bad_frames_after_good_ones_get_uvicorns_answer(name: str, bad: by
     # path hands them to the app first. Otherwise the same events.
     assert fast[0] == good_events + [event for event in stock[0] if event not in good_events]
     assert fast[0][-1]["type"] == "websocket.disconnect"
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1 << 20])
+async def test_text_that_is_not_utf8_closes_with_1007_even_with_the_peers_close_behind_it(
+    piece: int,
+) -> None:
+    # uvicorn's own protocol raises out of data_received when the peer's close frame comes in
+    # the same read as the bad text (its 1007 finds the connection closing already) and the
+    # socket is aborted without a close frame. rtkit's answers 1007 either way.
+    app_done = asyncio.Event()
+    fast = Driven(FastWebSocketProtocol, app_done)
+    await fast.open()
+    data = (
+        client_frame(b"fine") + client_frame(b"caf\xc3") + client_frame(struct.pack("!H", 1000) + b"bye", 0x8)
+    )
+    fast.feed([data[i : i + piece] for i in range(0, len(data), piece)])
+    events, written, closed, _ = fast.outcome()
+    app_done.set()
+    await asyncio.sleep(0)  # let the app task end
+    assert events == [text_of("fine"), {"type": "websocket.disconnect", "code": 1007, "reason": ""}]
+    assert written == b"\x88\x02" + struct.pack("!H", 1007)  # an unmasked close frame, code 1007
+    assert closed
 
 
 def _looks_like_a_frame(wire: bytes, key: bytes) -> bytes:
