@@ -193,10 +193,22 @@ class Hub:
                     if offer is not skip and offer(frame):
                         delivered += 1
                 break
-            except Exception:
+            except Exception as exc:
                 # One member's failure is its own: the loop goes on with the next member (the
                 # same iterator), and the publisher is not told of it.
                 self.metrics.dropped += 1
+                tb = exc.__traceback__
+                if isinstance(exc, RuntimeError) and tb is not None and tb.tb_next is None:
+                    # Raised by the iteration itself, not by an offer: an offer changed the
+                    # channel's members (offers must only queue). The iterator is spent and
+                    # would raise again forever; the members not reached miss this message.
+                    logger.error(
+                        "a subscriber of %r changed the channel's members while taking a message; "
+                        "the members not yet reached miss it",
+                        channel,
+                        exc_info=exc,
+                    )
+                    break
                 logger.exception("a subscriber of %r failed to take a message; it misses it", channel)
         # Refusals are counted by the outboxes themselves, which know why they refused.
         self.metrics.delivered += delivered

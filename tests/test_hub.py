@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
 import anyio
@@ -242,6 +244,51 @@ async def test_a_subscriber_whose_gap_handler_raises_costs_the_others_nothing(
         assert "failed to take a gap notice" in caplog.text
         await hub.publish("c", 1)  # the channel still delivers to everyone
         assert before.decoded() == after.decoded() == broken.decoded() == [1]
+
+
+class _Looping(BaseException):
+    """Raised by a log handler to stop a loop that logs the same failure without end."""
+
+
+class _StopAfter(logging.Handler):
+    def __init__(self, records: int) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records -= 1
+        if self.records < 0:
+            raise _Looping("the hub logged the same failure again and again")
+
+
+async def test_an_offer_that_changes_the_members_costs_this_message_not_a_hang(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Leaves(Recorder):
+        """Takes the frame, then (against the rules) leaves the channel on the spot."""
+
+        def offer(self, frame: Frame) -> bool:
+            super().offer(frame)
+            leaving = hub.unsubscribe("c", self)
+            with contextlib.suppress(StopIteration):
+                leaving.send(None)  # runs to its end at once: nothing in it waits
+            return True
+
+    stop = _StopAfter(10)
+    logging.getLogger("rtkit").addHandler(stop)
+    try:
+        async with Hub() as hub:
+            leaver, others = Leaves(), [Recorder() for _ in range(3)]
+            for subscriber in (leaver, *others):
+                await hub.subscribe("c", subscriber)
+            await hub.publish("c", 1)  # returns: the loop gave up on this message
+            assert leaver.decoded() == [1]
+            assert "changed the channel's members" in caplog.text
+            await hub.publish("c", 2)  # and the channel goes on without the leaver
+            assert leaver.decoded() == [1]
+            assert all(other.decoded()[-1] == 2 for other in others)
+    finally:
+        logging.getLogger("rtkit").removeHandler(stop)
 
 
 async def test_presence_keeps_join_order_and_forgets_who_left() -> None:
