@@ -2,7 +2,9 @@
 
 The reader owns the connection's input. It hands messages on, matches each subscribe and
 unsubscribe confirmation to the call waiting for it (Redis answers every channel of every
-command, in order, so a FIFO per channel pairs them exactly), pings when the line has been quiet
+command, in order, so a FIFO per channel pairs them exactly), fails the callers of a command
+Redis refused (an error answer belongs to the oldest command not yet answered, and leaves
+the connection as it was), pings when the line has been quiet
 for ``ping_interval`` and gives the connection up when nothing at all came back within
 ``ping_interval + timeout``: that is what catches a blackhole, a connection that is open but
 carries nothing. After a loss it reconnects with capped, jittered exponential backoff, forever,
