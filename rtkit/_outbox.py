@@ -45,6 +45,7 @@ OverflowPolicy: TypeAlias = Literal["disconnect", "drop_oldest", "drop_newest"]
 SLOW_CONSUMER_CLOSE = 1013
 
 _SENT = object()
+_REENTERED = object()  # an eager send offered by the send running in the same context
 
 
 async def _no_send(message: Message) -> None:
@@ -71,6 +72,10 @@ def _sender() -> Generator[Any, Any, None]:
 # the cache where a driver per socket would be read cold, member after member.
 # (A deque: a list would give its storage back and take it again on every pop and append.)
 _IDLE_DRIVERS: deque[Generator[Any, Any, None]] = deque()
+
+
+def _nothing() -> None:
+    """Run in a context to learn whether it can be entered."""
 
 
 def _new_driver() -> Generator[Any, Any, None]:
@@ -262,14 +267,18 @@ class Outbox:
                     self.metrics.messages_out += 1
                     return True
                 driver = _IDLE_DRIVERS.pop() if _IDLE_DRIVERS else _new_driver()
-                # Off while the send runs: a frame the send itself offers to this socket (a
-                # middleware wrapping ``send``) queues behind this one, for the writer, rather
-                # than re-entering the context that is running.
-                self.eager_active = False
+                sending = self._eager_send(event)
                 try:
-                    waiting = self._context.run(driver.send, self._eager_send(event))
-                finally:
-                    self.eager_active = not self._detached
+                    waiting = self._context.run(driver.send, sending)
+                except RuntimeError:
+                    if not self._context_entered():
+                        raise
+                    # The send running now offered this frame itself (a middleware wrapping
+                    # ``send``): the context could not be entered again, so nothing ran.
+                    close = getattr(sending, "close", None)
+                    if close is not None:
+                        close()  # never started: no warning that it was never awaited
+                    waiting = _REENTERED
             except Exception as exc:  # the peer is gone: the writer reports it, in its own task
                 self._failure = exc
                 self._wake()
@@ -278,13 +287,17 @@ class Outbox:
                 _IDLE_DRIVERS.append(driver)
                 self.metrics.messages_out += 1
                 return True
-            # The socket cannot take it now (its peer reads slowly): the writer finishes this
-            # send, with the driver that started it, before anything else; the frame counts
-            # against the bounds until then.
-            self._in_flight = (driver, waiting, size)
-            self._bytes += size
-            self._wake()
-            return True
+            if waiting is not _REENTERED:
+                # The socket cannot take it now (its peer reads slowly): the writer finishes
+                # this send, with the driver that started it, before anything else; the frame
+                # counts against the bounds until then.
+                self._in_flight = (driver, waiting, size)
+                self._bytes += size
+                self._wake()
+                return True
+            # Queued behind the send that offered it, for the writer, like any frame that
+            # cannot go out at once.
+            _IDLE_DRIVERS.append(driver)
         if self._detached:
             return False
         if self.closing:
@@ -298,6 +311,14 @@ class Outbox:
         if self._idle:
             self._wake()
         return True
+
+    def _context_entered(self) -> bool:
+        """Whether the connection's context is running (an eager send is under way in it)."""
+        try:
+            self._context.run(_nothing)
+        except RuntimeError:
+            return True
+        return False
 
     def put_front(self, event: dict[str, Any], size: int) -> bool:
         """Queue an event ahead of everything waiting (a greeting that must come first).
