@@ -157,13 +157,14 @@ class Hub:
         """
         await self.publish_encoded(channel, encode(message), exclude=exclude)
 
-    async def publish_event(self, topic: str, data: Any) -> None:
+    async def publish_event(self, topic: str, data: Any, *, namespace: str = "") -> None:
         """Deliver ``{"type": "event", "topic": topic, "data": data}`` to the topic's subscribers.
 
         This is how application code (an HTTP handler, a background task) reaches the clients of
-        ``TopicEndpoint``: one awaited call, the data encoded once.
+        ``TopicEndpoint``: one awaited call, the data encoded once. ``namespace`` is that of
+        the endpoint class whose clients it is for (see ``TopicEndpoint.namespace``).
         """
-        await self.publish(topic_channel(topic), Event(topic=topic, data=data))
+        await self.publish(topic_channel(topic, namespace), Event(topic=topic, data=data))
 
     async def publish_encoded(
         self, channel: str, payload: bytes, *, exclude: Subscriber | None = None

@@ -196,6 +196,26 @@ async def test_not_allowed_to_publish_is_an_error_frame_and_the_socket_stays(ser
         assert await recv_json(bob) == {"type": "event", "topic": "ann", "data": "mine"}
 
 
+async def test_the_open_route_on_the_same_hub_cannot_reach_the_secured_topics(server: LiveServer) -> None:
+    # The secured class has a namespace of its own: a client of the open route, with no token,
+    # publishing on the same topic name, reaches the open route's subscribers only.
+    token = create_token(SECRET, "bob")
+    async with (
+        Witness(server),
+        connect(server.ws_url(f"/ws/secure/ann?token={token}")) as bob,
+        connect(server.ws_url("/ws/fast/topics/ann")) as open_subscriber,
+        connect(server.ws_url("/ws/fast/topics")) as anonymous,
+    ):
+        await send_json(anonymous, {"type": "publish", "topic": "ann", "data": "forged", "ref": 1})
+        assert await recv_json(anonymous) == {"type": "published", "topic": "ann", "ref": 1}
+        assert await recv_json(open_subscriber) == {"type": "event", "topic": "ann", "data": "forged"}
+        ann = create_token(SECRET, "ann")
+        async with connect(server.ws_url(f"/ws/secure/ann?token={ann}")) as owner:
+            await send_json(owner, {"type": "publish", "topic": "ann", "data": "mine"})
+            # Had the forged event reached bob, it would have come first.
+            assert await recv_json(bob) == {"type": "event", "topic": "ann", "data": "mine"}
+
+
 async def test_connections_per_principal_are_capped_with_503(server: LiveServer) -> None:
     token = create_token(SECRET, "cap")
     uri = server.ws_url(f"/ws/secure/x?token={token}")

@@ -23,6 +23,18 @@ class QuietChat(ChatEndpoint):
     echo_to_sender: ClassVar[bool] = False
 
 
+class StaffTopics(TopicEndpoint):
+    """Topics of their own, beside the open ones on the same hub."""
+
+    namespace = "staff"
+
+
+class StaffChat(ChatEndpoint):
+    """Rooms of their own, beside the open ones on the same hub."""
+
+    namespace = "staff"
+
+
 hub = Hub()
 
 
@@ -33,6 +45,8 @@ def build_app() -> Starlette:
     router.add("/quiet/{room}", QuietChat)
     router.add("/topics", TopicEndpoint)
     router.add("/topics/{topic}", TopicEndpoint)
+    router.add("/staff/topics/{topic}", StaffTopics)
+    router.add("/staff/chat/{room}", StaffChat)
     return Starlette(routes=router.routes, lifespan=router.lifespan)
 
 
@@ -159,6 +173,55 @@ def test_the_path_variant_subscribes_at_connect_and_app_code_publishes(client: T
     with client.websocket_connect("/topics/tasks") as ws:
         portal(client).call(hub.publish_event, "tasks", {"id": 1})
         assert ws.receive_json() == {"type": "event", "topic": "tasks", "data": {"id": 1}}
+
+
+def test_a_namespace_keeps_its_topics_and_rooms_from_other_routes_on_the_hub(
+    client: TestClient,
+) -> None:
+    with (
+        client.websocket_connect("/staff/topics/news") as staff,
+        client.websocket_connect("/topics/news") as open_sub,
+        client.websocket_connect("/topics") as outsider,
+    ):
+        # A client of the open route publishes on the same topic name: only open subscribers
+        # get it, never the staff route's.
+        outsider.send_json({"type": "publish", "topic": "news", "data": "forged", "ref": 1})
+        assert outsider.receive_json()["type"] == "published"
+        assert open_sub.receive_json()["data"] == "forged"
+        portal(client).call(lambda: hub.publish_event("news", "for staff", namespace="staff"))
+        portal(client).call(hub.publish_event, "news", "for all")
+        # Had "forged" reached staff, it would come first; "for all" must not come at all.
+        assert staff.receive_json() == {"type": "event", "topic": "news", "data": "for staff"}
+        assert open_sub.receive_json()["data"] == "for all"
+        staff.send_json({"type": "publish", "topic": "news", "data": "staff only", "ref": 2})
+        assert staff.receive_json()["data"] == "staff only"  # it is a subscriber too
+        assert staff.receive_json()["type"] == "published"
+        outsider.send_json({"type": "subscribe", "topic": "news"})
+        assert outsider.receive_json()["type"] == "subscribed"
+        portal(client).call(hub.gap, "topic#staff:news", 3)
+        assert staff.receive_json() == {"type": "gap", "missed": 3, "topic": "news"}
+    with (
+        client.websocket_connect("/staff/chat/r?name=boss") as boss,
+        client.websocket_connect("/chat/r?name=guest") as guest,
+    ):
+        assert boss.receive_json()["members"] == ["boss"]
+        assert guest.receive_json()["members"] == ["guest"]  # not the staff room's members
+        guest.send_json({"type": "say", "text": "hi", "ref": 1})
+        assert guest.receive_json()["text"] == "hi"
+        assert guest.receive_json()["type"] == "said"
+        boss.send_json({"type": "say", "text": "only staff", "ref": 2})
+        assert boss.receive_json()["text"] == "only staff"  # not guest's "hi" before it
+        assert boss.receive_json()["type"] == "said"
+
+
+def test_a_namespace_must_not_be_able_to_collide() -> None:
+    from rtkit.errors import ConfigurationError
+
+    for bad in ("a:b", "with space", "x" * 65):
+        with pytest.raises(ConfigurationError, match="invalid namespace"):
+            type("Bad", (TopicEndpoint,), {"namespace": bad})
+        with pytest.raises(ConfigurationError, match="invalid namespace"):
+            type("Bad", (ChatEndpoint,), {"namespace": bad})
 
 
 def test_gap_notices_name_the_topic_or_room(client: TestClient) -> None:

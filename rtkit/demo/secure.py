@@ -15,7 +15,12 @@ class SecureTopicEndpoint(TopicEndpoint):
     Any authenticated client may subscribe to any topic; it may publish only on its own
     topics: the one named after its ``sub``, or below it (``ann`` may publish on ``ann`` and
     ``ann/status``).
+
+    Its topics are a namespace of their own: the open ``/ws/topics`` route, on the same hub,
+    would otherwise reach them, and anyone could publish as ``ann`` there.
     """
+
+    namespace = "secure"
 
     async def on_authorize(self, action: Action, name: str) -> bool:
         """Subscribe anywhere; publish only on one's own topics, never on the tasks topic."""

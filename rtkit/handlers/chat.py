@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from starlette.websockets import WebSocket
 
-from rtkit.channels import room_channel, room_group
+from rtkit.channels import check_namespace, room_channel, room_group
 from rtkit.codec import encode
 from rtkit.endpoint import RealtimeEndpoint
 from rtkit.frame import Frame
@@ -43,6 +43,14 @@ class ChatEndpoint(RealtimeEndpoint):
     """Whether the sender receives its own messages."""
     max_name_length: ClassVar[int] = 64
     """Longer names are refused before accept (HTTP 403)."""
+    namespace: ClassVar[str] = ""
+    """Where this class's rooms live: classes of one namespace share rooms (and their
+    members), others never do. A class whose ``on_authorize`` is stricter than another
+    route's on the same hub needs a namespace of its own."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_namespace(cls.namespace)
 
     room: str
     """The room this connection is in."""
@@ -79,17 +87,19 @@ class ChatEndpoint(RealtimeEndpoint):
         """Subscribe to the room, record presence, welcome this client, tell the others."""
         # Subscribe before reading the member list: anyone missing from the list joins later
         # and so is announced to us; `welcome` goes to the front of the queue.
-        await self.subscribe(room_channel(self.room))
-        await self.hub.join(room_group(self.room), str(self.token), self.user)
+        await self.subscribe(room_channel(self.room, self.namespace))
+        await self.hub.join(room_group(self.room, self.namespace), str(self.token), self.user)
         # From here on others may find this member in their `welcome` list, so leaving is
         # announced even if the rest of the join fails: a `left` for a name a client never
         # saw is harmless to it, a member listed and never announced gone would stay forever.
         self._joined = True
-        members = await self.hub.members(room_group(self.room))
+        members = await self.hub.members(room_group(self.room, self.namespace))
         welcome = Frame(encode(Welcome(room=self.room, user=self.user, members=members)))
         self.outbox.put_front(welcome.event(self.wire), welcome.size)
         await self.publish(
-            room_channel(self.room), Joined(room=self.room, user=self.user), include_self=False
+            room_channel(self.room, self.namespace),
+            Joined(room=self.room, user=self.user),
+            include_self=False,
         )
 
     def on_gap(self, channel: str, missed: int) -> None:
@@ -102,7 +112,7 @@ class ChatEndpoint(RealtimeEndpoint):
             await self.send_error("forbidden", f"not a member of {self.room!r}", ref=message.ref)
             return
         out = Message(room=self.room, user=self.user, text=message.text, ts=time.time())
-        await self.publish(room_channel(self.room), out, include_self=self.echo_to_sender)
+        await self.publish(room_channel(self.room, self.namespace), out, include_self=self.echo_to_sender)
         if message.ref is not None:
             await self.send_message(Said(room=self.room, ref=message.ref))
 
@@ -110,7 +120,9 @@ class ChatEndpoint(RealtimeEndpoint):
         """Leave the room and tell the others."""
         if self._joined:
             self._joined = False
-            await self.hub.leave(room_group(self.room), str(self.token))
+            await self.hub.leave(room_group(self.room, self.namespace), str(self.token))
             await self.publish(
-                room_channel(self.room), Left(room=self.room, user=self.user), include_self=False
+                room_channel(self.room, self.namespace),
+                Left(room=self.room, user=self.user),
+                include_self=False,
             )

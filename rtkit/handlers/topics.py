@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import msgspec
 from starlette.websockets import WebSocket
 
-from rtkit.channels import topic_channel
+from rtkit.channels import check_namespace, topic_channel
 from rtkit.codec import encode, json_to_msgpack
 from rtkit.endpoint import Action, RealtimeEndpoint
 from rtkit.frame import Frame
@@ -43,6 +43,15 @@ class TopicEndpoint(RealtimeEndpoint):
     inbound = TopicInbound
     topic_param: ClassVar[str] = "topic"
     """The path parameter whose topic the socket joins at connect, when the route has it."""
+    namespace: ClassVar[str] = ""
+    """Where this class's topics live: classes of one namespace share topics, others never
+    do. Give a class whose ``on_authorize`` is stricter than another route's on the same hub
+    a namespace of its own, or a client of that other route reaches its topics. Application
+    code publishes into it with ``hub.publish_event(topic, data, namespace=...)``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_namespace(cls.namespace)
 
     topics: set[str]
     """The topics this connection is subscribed to."""
@@ -74,14 +83,14 @@ class TopicEndpoint(RealtimeEndpoint):
         """Subscribe after the checks; answer ``subscribed`` if ``reply``."""
         if not await self.check("subscribe", topic, ref):
             return
-        await self.subscribe(topic_channel(topic))
+        await self.subscribe(topic_channel(topic, self.namespace))
         self.topics.add(topic)
         if reply:
             await self.send_message(Subscribed(topic=topic, ref=ref))
 
     def on_gap(self, channel: str, missed: int) -> None:
         """Tell the client ``{"type": "gap", "topic": T, "missed": N}``."""
-        topic = channel.removeprefix(topic_channel(""))
+        topic = channel.removeprefix(topic_channel("", self.namespace))
         self.send_frame(Frame(encode(Gap(topic=topic, missed=missed))))
 
     async def on_subscribe(self, websocket: WebSocket, message: Subscribe) -> None:
@@ -94,7 +103,7 @@ class TopicEndpoint(RealtimeEndpoint):
         if problem is not None:  # it cannot be subscribed either; say so, as subscribe does
             await self.send_error("invalid_topic", problem, ref=message.ref)
             return
-        await self.unsubscribe(topic_channel(message.topic))
+        await self.unsubscribe(topic_channel(message.topic, self.namespace))
         self.topics.discard(message.topic)
         await self.send_message(Unsubscribed(topic=message.topic, ref=message.ref))
 
@@ -102,7 +111,7 @@ class TopicEndpoint(RealtimeEndpoint):
         """Deliver ``event`` to the topic's subscribers; answer ``published`` if given a ``ref``."""
         if not await self.check("publish", message.topic, message.ref):
             return
-        channel = topic_channel(message.topic)
+        channel = topic_channel(message.topic, self.namespace)
         data: Any = message.data  # JSON bytes, embedded in the event as they came
         if self.wire == "msgpack" and data is not NO_DATA:
             # The hub carries JSON: decode the MessagePack once here. Valid MessagePack may
