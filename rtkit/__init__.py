@@ -27,7 +27,7 @@ from rtkit.metrics import Metrics
 from rtkit.routing import RealtimeRouter
 
 if TYPE_CHECKING:
-    from rtkit.backends.redis import RedisBackend
+    from rtkit.backends.redis import RedisBackend as RedisBackend
 
 __version__ = "0.1.0"
 
@@ -55,7 +55,6 @@ __all__ = [
     "Principal",
     "RealtimeEndpoint",
     "RealtimeRouter",
-    "RedisBackend",
     "RtkitError",
     "TopicEndpoint",
     "WireFormat",
@@ -66,7 +65,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisBackend loads on first use, so that `import rtkit` never needs the redis extra.
+    # RedisBackend loads on first use, so that `import rtkit` never needs the redis extra. It
+    # is left out of __all__ for the same reason: `from rtkit import *` would load it.
     if name == "RedisBackend":
         from rtkit.backends import RedisBackend
 

@@ -120,23 +120,27 @@ class RealtimeRouter:
         ``Router`` and route: every frame of a connection resumes the whole stack of
         coroutines above the endpoint, so each level left out is saved on every message.
         """
+        router = self._app
+        if router is None:
+            router = self._app = Router(routes=self._routes, lifespan=self.lifespan)
         if scope["type"] == "websocket":
             for route in self._routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL and isinstance(route, WebSocketRoute):
                     scope.update(child_scope)
+                    # What Starlette's Router would have set: ``url_for`` needs it.
+                    scope.setdefault("router", router)
                     await route.app(scope, receive, send)
                     return
-        if self._app is None:
-            self._app = Router(routes=self._routes, lifespan=self.lifespan)
-        await self._app(scope, receive, send)
+        await router(scope, receive, send)
 
     def api_router(self, **kwargs: Any) -> APIRouter:
         """A FastAPI ``APIRouter`` with these routes and the hub's lifespan.
 
         ``app.include_router(router.api_router(), prefix="/ws")`` mounts the endpoints and, as
         FastAPI merges the lifespans of included routers, starts and stops the hub with the app.
-        Needs ``fastapi`` installed.
+        ``kwargs`` go to ``APIRouter``; its ``prefix`` applies to these routes too. Needs
+        ``fastapi`` installed.
         """
         try:
             from fastapi import APIRouter
@@ -145,5 +149,11 @@ class RealtimeRouter:
                 "RealtimeRouter.api_router() needs FastAPI: pip install fastapi"
             ) from exc
         api = APIRouter(lifespan=self.lifespan, **kwargs)
-        api.routes.extend(self._routes)
+        # Added as they are, not through api.add_api_websocket_route (which would wrap each
+        # endpoint in FastAPI's dependency handling): so the router's prefix is applied here.
+        prefix = api.prefix
+        for route in self._routes:
+            if prefix and isinstance(route, WebSocketRoute):
+                route = WebSocketRoute(prefix + route.path, route.endpoint, name=route.name)
+            api.routes.append(route)
         return api

@@ -395,6 +395,9 @@ def test_import_rtkit_does_not_import_redis() -> None:
     assert result.returncode == 0, result.stderr
     result = _python("import rtkit, sys; rtkit.RedisBackend; assert 'redis' in sys.modules")
     assert result.returncode == 0, result.stderr
+    star = "from rtkit import *\nfrom rtkit.backends import *\nimport sys; assert 'redis' not in sys.modules"
+    result = _python(star)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_missing_redis_package_names_the_fix() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtkit import ChatEndpoint, ConfigurationError, EchoEndpoint, Hub, RealtimeRouter, TopicEndpoint
 
@@ -83,6 +85,31 @@ def test_fastapi_include_router_starts_the_hub_with_the_app() -> None:
         assert router.hub.started
         check_topic_round_trip(client, "/live")
     assert not router.hub.started
+
+
+def test_an_api_routers_own_prefix_applies_to_the_endpoints() -> None:
+    router = make_router()
+    app = FastAPI()
+    app.include_router(router.api_router(prefix="/ws"), prefix="/live")
+    with TestClient(app) as client:
+        check_topic_round_trip(client, "/live/ws")
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect("/live/topics/t") as ws:
+            ws.receive_json()  # no route there: refused
+
+
+class WhereAmI(EchoEndpoint):
+    """Answers a text frame with the URL of the named route for that topic."""
+
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        await websocket.send_text(str(websocket.url_for("where", topic=data)))
+
+
+def test_url_for_works_with_the_router_as_the_whole_app() -> None:
+    router = RealtimeRouter()
+    router.add("/where/{topic}", WhereAmI, name="where")
+    with TestClient(router) as client, client.websocket_connect("/where/a") as ws:
+        ws.send_text("b")
+        assert ws.receive_text() == "ws://testserver/where/b"
 
 
 def test_fastapi_mount_with_the_routers_lifespan() -> None:

@@ -13,9 +13,11 @@ from rtkit.backends.base import Backend, BackendHealth, Receiver
 from rtkit.backends.memory import MemoryBackend
 
 if TYPE_CHECKING:
-    from rtkit.backends.redis import RedisBackend
+    from rtkit.backends.redis import RedisBackend as RedisBackend
 
-__all__ = ["Backend", "BackendHealth", "MemoryBackend", "Receiver", "RedisBackend"]
+# RedisBackend (loaded on first use, below) is not in __all__: `from rtkit.backends import *`
+# must not need the redis extra.
+__all__ = ["Backend", "BackendHealth", "MemoryBackend", "Receiver"]
 
 
 def __getattr__(name: str) -> Any:
