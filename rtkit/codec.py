@@ -48,6 +48,8 @@ class _RefProbe(msgspec.Struct):
     ref: Ref = None
 
 
+_MSGPACK_INT_MIN: Final = -(2**63)
+_MSGPACK_INT_MAX: Final = 2**64 - 1
 _ref_probe_json: Final = msgspec.json.Decoder(_RefProbe)
 _ref_probe_msgpack: Final = msgspec.msgpack.Decoder(_RefProbe)
 
@@ -104,7 +106,12 @@ class Codec:
                 probe = _ref_probe_msgpack.decode(data)
         except (msgspec.DecodeError, RecursionError):
             return None, None
-        return probe.type, probe.ref
+        ref = probe.ref
+        if wire == "msgpack" and isinstance(ref, int) and not _MSGPACK_INT_MIN <= ref <= _MSGPACK_INT_MAX:
+            # A JSON text frame sent to a MessagePack connection may carry an integer that
+            # MessagePack cannot: the answer goes without it rather than fail to encode.
+            ref = None
+        return probe.type, ref
 
 
 @functools.lru_cache(maxsize=256)

@@ -59,6 +59,20 @@ from rtkit.limits import Limits, TokenBucket
 from rtkit.messages import ErrorFrame, Gap, Heartbeat, Ref
 from rtkit.metrics import Metrics
 
+try:
+    from uvicorn.protocols.utils import ClientDisconnected as _UvicornClientDisconnected
+except ImportError:  # pragma: no cover - uvicorn is a dependency; another server may be used
+    _UvicornClientDisconnected = ConnectionResetError  # type: ignore[assignment, misc]
+
+# What a send raises when the peer has gone (uvicorn's own error, or the socket's). Any other
+# OSError escaping a handler, a TimeoutError above all, is a fault in the handler's code.
+_PEER_GONE: tuple[type[BaseException], ...] = (
+    _UvicornClientDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+
 __all__ = ["Action", "RealtimeEndpoint"]
 
 logger = logging.getLogger("rtkit")
@@ -211,6 +225,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._forced_close: int | None = None
         self._frame_send: Send = send
         self._admitted = False
+        self._refused_with: int | None = None  # the code on_connect closed with, unaccepted
+        self._peer_left: int | None = None  # the peer's close code, seen while a handler hung
 
     @property
     def hub(self) -> Hub:
@@ -343,7 +359,9 @@ class RealtimeEndpoint(WebSocketEndpoint):
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection after the frames already queued have been sent."""
         if self.websocket.application_state == WebSocketState.CONNECTING:
-            await self.websocket.close(code, reason)
+            self._refused_with = code
+            with contextlib.suppress(*_PEER_GONE):  # a peer that has gone needs no refusal
+                await self.websocket.close(code, reason)
         else:
             self._request_close(code, reason)
 
@@ -383,9 +401,9 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 return
             if websocket.application_state != WebSocketState.CONNECTED:
                 if websocket.application_state == WebSocketState.CONNECTING:
-                    await websocket.close(1008)  # refused: uvicorn answers HTTP 403
+                    await self.close(1008)  # refused: uvicorn answers HTTP 403
                 self.metrics.refused["on_connect"] += 1
-                close_code = 1008
+                close_code = self._refused_with if self._refused_with is not None else 1008
                 return
             self.metrics.connections_accepted += 1
             close_code = await self._serve(websocket)
@@ -426,17 +444,21 @@ class RealtimeEndpoint(WebSocketEndpoint):
         """Refuse the handshake: an HTTP response where the server allows one, else a close."""
         self.metrics.refused[why] += 1
         websocket = self.websocket
-        if _DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
-            headers = {"Retry-After": str(self.limits.retry_after)} if status == 503 else None
-            await websocket.send_denial_response(PlainTextResponse(reason, status, headers=headers))
-        else:
-            await websocket.close(code, reason)
+        with contextlib.suppress(*_PEER_GONE):  # a peer that has gone needs no refusal
+            if _DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
+                headers = {"Retry-After": str(self.limits.retry_after)} if status == 503 else None
+                await websocket.send_denial_response(PlainTextResponse(reason, status, headers=headers))
+            else:
+                await websocket.close(code, reason)
         return False
 
     # -- the connection's life --------------------------------------------------------------
 
     async def _serve(self, websocket: WebSocket) -> int:
         outcome: list[int | Exception] = []
+        # Idleness counts from here: admission and on_connect (a backend call, say) are not
+        # the peer's silence.
+        self._last_inbound = time.monotonic()
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             # The writer task starts when first needed: frames a socket can take at once are
@@ -458,7 +480,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
             tg.start_soon(self._receive_loop, websocket, outcome, tg.cancel_scope)
         self.outbox.detach()
         self._task_group = None
-        result = outcome[0] if outcome else 1006
+        result = outcome[0] if outcome else self._peer_left if self._peer_left is not None else 1006
         if isinstance(result, Exception):
             return await self._fail("a handler", result)
         if self._sent_close is not None:
@@ -560,6 +582,13 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self._last_inbound = time.monotonic()
             inbox.put(message)
             if message["type"] == "websocket.disconnect":
+                if self._handling_since is not None and self._task_group is not None:
+                    # The peer has gone while a handler is still running (this task exists
+                    # because one ran for long): its answer has nobody to go to, and waiting
+                    # for it would hold the connection, its channels and its counts for as
+                    # long as it hangs. The connection ends now; on_disconnect runs as usual.
+                    self._peer_left = int(message.get("code", 1005))
+                    self._task_group.cancel_scope.cancel()
                 return
 
     async def _receive_loop(
@@ -631,7 +660,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                     self._handling_since = None
         except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
             outcome.append(exc.code)
-        except OSError:
+        except _PEER_GONE:
             outcome.append(1006)
         except Exception as exc:  # the one boundary: a fault in user code
             outcome.append(exc)

@@ -212,6 +212,13 @@ def test_msgpack_subprotocol_uses_binary_frames_both_ways(client: TestClient) ->
         ws.send_bytes(msgspec.msgpack.encode({"type": "add", "a": "x", "b": 1, "ref": "r"}))
         error = msgspec.msgpack.decode(ws.receive_bytes())
         assert (error["code"], error["ref"]) == ("invalid_message", "r")
+        # A JSON text frame may carry a ref MessagePack cannot hold: answered without it.
+        ws.send_text('{"type": "add", "a": 1, "b": 1, "ref": 100000000000000000000000}')
+        error = msgspec.msgpack.decode(ws.receive_bytes())
+        assert error["code"] == "invalid_message"
+        assert "ref" not in error
+        ws.send_bytes(msgspec.msgpack.encode({"type": "add", "a": 2, "b": 2, "ref": 2}))
+        assert msgspec.msgpack.decode(ws.receive_bytes())["value"] == 4  # still open
 
 
 def test_json_is_kept_when_msgpack_is_not_offered(client: TestClient) -> None:
