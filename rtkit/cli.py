@@ -18,6 +18,7 @@ __all__ = ["build_parser", "limits_from", "main"]
 WS_IMPLEMENTATIONS = ("rtkit", "auto", "websockets-sansio", "websockets", "wsproto")
 _FAST_PROTOCOL = "rtkit.uvicorn_protocol:FastWebSocketProtocol"
 _DEFAULTS = Limits()
+JWT_SECRET_ENV = "RTKIT_JWT_SECRET"
 
 
 def _ws_protocol(choice: str | None) -> str:
@@ -178,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--jwt-secret",
-        default=os.environ.get("RTKIT_JWT_SECRET"),
-        help="HS256 secret of /ws/secure/topics/{topic} (env RTKIT_JWT_SECRET); "
+        # Not os.environ's value as the default: --help would print the secret.
+        default=None,
+        help=f"HS256 secret of /ws/secure/topics/{{topic}} (env {JWT_SECRET_ENV}); "
         "a public demo secret if unset",
     )
     _add_limit_flags(serve)
@@ -189,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a signed HS256 JWT for the demo's secured route",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    token.add_argument("--secret", default=None, help="the server's --jwt-secret (the demo secret if unset)")
+    token.add_argument(
+        "--secret",
+        default=None,  # read from the environment by main(), as serve's --jwt-secret is
+        help=f"the server's --jwt-secret (env {JWT_SECRET_ENV}); the public demo secret if unset",
+    )
     token.add_argument("--sub", required=True, help="the principal's name (JWT sub)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until the token expires")
     return parser
@@ -211,6 +217,26 @@ def limits_from(args: argparse.Namespace) -> Limits:
     )
 
 
+def _jwt_secret(given: str | None, flag: str) -> str | None:
+    """The HS256 secret from ``flag``, else from ``RTKIT_JWT_SECRET``; None if neither is set.
+
+    A set but unusable one is a usage error. An empty one (a compose file's unset ``${VAR}``)
+    is a mistake, not "unset": it is refused here rather than replaced by the public demo
+    secret, or raised as a traceback later (from every worker, for serve).
+    """
+    secret = os.environ.get(JWT_SECRET_ENV) if given is None else given
+    if secret is None:
+        return None
+    from rtkit.auth import JWTAuthenticator
+    from rtkit.errors import ConfigurationError
+
+    try:
+        JWTAuthenticator(secret)
+    except (ConfigurationError, UnicodeError) as exc:
+        build_parser().error(f"{flag} (or {JWT_SECRET_ENV}): {exc}")
+    return secret
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtkit`` command."""
     args = build_parser().parse_args(argv)
@@ -218,20 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rtkit.auth import create_token
         from rtkit.demo.app import DEMO_SECRET
 
-        print(create_token(args.secret or DEMO_SECRET, args.sub, ttl=args.ttl))
+        # The same secret serve takes, so that the token is one the server beside it accepts;
+        # only an absent one means the demo's public secret, exactly as for serve.
+        secret = _jwt_secret(args.secret, "--secret")
+        print(create_token(DEMO_SECRET if secret is None else secret, args.sub, ttl=args.ttl))
         return 0
     if args.workers > 1 and not args.redis_url:
         build_parser().error("--workers above 1 needs --redis-url: each worker is a process of its own")
-    if args.jwt_secret is not None:
-        # An empty RTKIT_JWT_SECRET (a compose file's unset ${VAR}) is a mistake, not "unset":
-        # say so now rather than in a traceback from every worker.
-        from rtkit.auth import JWTAuthenticator
-        from rtkit.errors import ConfigurationError
-
-        try:
-            JWTAuthenticator(args.jwt_secret)
-        except (ConfigurationError, UnicodeError) as exc:
-            build_parser().error(f"--jwt-secret (or RTKIT_JWT_SECRET): {exc}")
+    args.jwt_secret = _jwt_secret(args.jwt_secret, "--jwt-secret")
     ws = _ws_protocol(args.ws)
     import uvicorn
 

@@ -9,11 +9,14 @@ import sys
 import threading
 import urllib.request
 
+import jwt
 import pytest
+from starlette.testclient import TestClient
 from websockets.sync.client import connect as sync_connect
 
 from rtkit import __version__
 from rtkit.cli import _ws_protocol, build_parser, limits_from, main
+from rtkit.demo.app import DemoSettings, create_app
 
 
 def test_serve_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,3 +154,67 @@ def test_a_jwt_secret_that_is_not_text_is_a_usage_error(capsys: pytest.CaptureFi
         main(["serve", "--jwt-secret", "\udcff" * 40])
     assert exited.value.code == 2
     assert "--jwt-secret (or RTKIT_JWT_SECRET)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("secret", ["", "too short"])
+@pytest.mark.parametrize("from_env", [False, True], ids=["flag", "env"])
+def test_token_refuses_an_empty_or_short_secret_as_serve_does(
+    secret: str, from_env: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Never replaced by the public demo secret (an empty one is what a compose file's unset
+    # ${RTKIT_JWT_SECRET} gives), and a usage error rather than a traceback.
+    monkeypatch.delenv("RTKIT_JWT_SECRET", raising=False)
+    if from_env:
+        monkeypatch.setenv("RTKIT_JWT_SECRET", secret)
+    for argv, flag in ((["token", "--sub", "ann"], "--secret"), (["serve"], "--jwt-secret")):
+        with pytest.raises(SystemExit) as exited:
+            main(argv if from_env else [*argv, flag, secret])
+        assert exited.value.code == 2
+        captured = capsys.readouterr()
+        assert f"{flag} (or RTKIT_JWT_SECRET): an HS256 secret needs at least 32 bytes" in captured.err
+        assert captured.out == ""  # no token printed
+
+
+def test_token_signs_with_the_secret_serve_takes_from_the_environment() -> None:
+    secret = "a-deployment-secret-of-32-bytes-or-more"
+    env = {**os.environ, "RTKIT_JWT_SECRET": secret}
+    printed = subprocess.run(
+        [sys.executable, "-m", "rtkit", "token", "--sub", "ann"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    token = printed.stdout.strip()
+    # The token is one that a server given the same environment accepts.
+    with (
+        TestClient(create_app(settings=DemoSettings(jwt_secret=secret))) as client,
+        client.websocket_connect("/ws/secure/topics/ann", headers={"authorization": f"Bearer {token}"}) as ws,
+    ):
+        ws.send_json({"type": "publish", "topic": "ann", "data": 1, "ref": 1})
+        assert ws.receive_json() == {"type": "event", "topic": "ann", "data": 1}
+    # The flag still wins over the environment, as it does for serve.
+    other = "x" * 40
+    flagged = subprocess.run(
+        [sys.executable, "-m", "rtkit", "token", "--sub", "ann", "--secret", other],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert jwt.decode(flagged.stdout.strip(), other, algorithms=["HS256"])["sub"] == "ann"
+
+
+@pytest.mark.parametrize("command", ["serve", "token"])
+def test_help_never_prints_the_secret_from_the_environment(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "a-deployment-secret-of-32-bytes-or-more"
+    monkeypatch.setenv("RTKIT_JWT_SECRET", secret)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "RTKIT_JWT_SECRET" in text
+    assert secret not in text

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import msgspec
 import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from rtkit import BackendUnavailableError, ConfigurationError, Hub, Limits, MemoryBackend
 from rtkit.backends.base import BackendHealth
 from rtkit.cli import main
 from rtkit.demo.app import SETTINGS_ENV, DemoSettings, app_from_environment, create_app
-from rtkit.demo.tasks import NewTask, TaskStore
+from rtkit.demo.tasks import DESCRIPTION_MAX, MAX_BODY_BYTES, TITLE_MAX, NewTask, TaskStore
 
 
 class Flaky(MemoryBackend):
@@ -60,7 +62,8 @@ def test_tasks_are_created_listed_and_validated(client: TestClient) -> None:
         bad = client.post("/tasks", json=body)
         assert bad.status_code == 422
         assert reason in bad.json()["detail"]
-    assert client.post("/tasks", content=b"not json").status_code == 422
+    not_json = client.post("/tasks", content=b"not json", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422
 
 
 def test_the_store_learns_tasks_published_elsewhere(client: TestClient) -> None:
@@ -186,3 +189,85 @@ def test_an_empty_or_short_jwt_secret_is_refused_not_replaced(
         main(["serve", "--jwt-secret", secret])
     assert exited.value.code == 2
     assert "--jwt-secret (or RTKIT_JWT_SECRET)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_a_task_body_that_is_not_json_is_refused_415(client: TestClient, content_type: str | None) -> None:
+    # The types a cross-site page may send without a CORS preflight: such a page must not be
+    # able to create tasks on a demo running on its visitor's machine.
+    headers = {"origin": "https://elsewhere.example"}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    refused = client.post("/tasks", content=b'{"title": "from elsewhere"}', headers=headers)
+    assert refused.status_code == 415
+    assert refused.json() == {"detail": "the body must be application/json"}
+    assert client.get("/tasks").json() == []
+    charset = client.post(
+        "/tasks", content=b'{"title": "t"}', headers={"content-type": "Application/JSON; charset=utf-8"}
+    )
+    assert charset.status_code == 201
+
+
+class Rechunked:
+    """Hands the app the request body in small messages, as a server does (the TestClient
+    sends it whole), and counts the bytes the app took."""
+
+    def __init__(self, app: ASGIApp, size: int = 1024) -> None:
+        self.app = app
+        self.size = size
+        self.taken = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        pending: list[bytes] = []
+        done = False
+
+        async def rechunked() -> Message:
+            nonlocal done
+            while not pending and not done:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message
+                body = message.get("body", b"")
+                pending.extend(body[at : at + self.size] for at in range(0, len(body), self.size))
+                done = not message.get("more_body", False)
+            chunk = pending.pop(0) if pending else b""
+            self.taken += len(chunk)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending) or not done}
+
+        await self.app(scope, rechunked, send)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_task_body_over_the_cap_is_refused_413_without_reading_the_rest(
+    backend: Flaky, declared: bool
+) -> None:
+    app = Rechunked(create_app(hub=Hub(backend)))
+    too_big = b" " * (4 * MAX_BODY_BYTES) + b'{"title": "t"}'
+    with TestClient(app) as client:
+        refused = client.post(
+            "/tasks",
+            # bytes come with a Content-Length; a generator is sent chunked, without one.
+            content=too_big if declared else iter([too_big]),
+            headers={"content-type": "application/json"},
+        )
+        assert refused.status_code == 413
+        assert refused.json() == {"detail": f"the body must be {MAX_BODY_BYTES} bytes or fewer"}
+        # A declared length is refused unread; an undeclared one once the cap is passed.
+        if declared:
+            assert app.taken == 0
+        else:
+            assert MAX_BODY_BYTES < app.taken <= MAX_BODY_BYTES + app.size
+        assert client.get("/tasks").json() == []
+        # The largest body within the fields' limits is never refused for its size: every
+        # character an astral one, each written as two \u escapes (json.dumps's default).
+        largest = {"title": "\U0001f600" * TITLE_MAX, "description": "\U0001f600" * DESCRIPTION_MAX}
+        body = json.dumps(largest, indent=1).encode()
+        assert len(body) <= MAX_BODY_BYTES
+        accepted = client.post("/tasks", content=body, headers={"content-type": "application/json"})
+        assert accepted.status_code == 201

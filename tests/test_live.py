@@ -178,7 +178,9 @@ async def test_the_demo_answers_health_and_serves_the_page(server: LiveServer) -
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
         assert "# TYPE rtkit_connections_open gauge" in metrics.text
-        bad = await http.post(server.http_url("/tasks"), content=b"{}")
+        bad = await http.post(
+            server.http_url("/tasks"), content=b"{}", headers={"content-type": "application/json"}
+        )
         assert bad.status_code == 422
         assert "title" in bad.json()["detail"]
 

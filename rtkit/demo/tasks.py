@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from contextlib import aclosing
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -22,16 +23,34 @@ from rtkit.errors import BackendUnavailableError, ConfigurationError
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
 
-__all__ = ["TASKS_TOPIC", "NewTask", "Task", "TaskStore", "TaskViews"]
+__all__ = [
+    "DESCRIPTION_MAX",
+    "MAX_BODY_BYTES",
+    "TASKS_TOPIC",
+    "TITLE_MAX",
+    "NewTask",
+    "Task",
+    "TaskStore",
+    "TaskViews",
+]
 
 TASKS_TOPIC = "tasks"
+TITLE_MAX = 200
+"""Characters in a task's title at most."""
+DESCRIPTION_MAX = 2000
+"""Characters in a task's description at most."""
+MAX_BODY_BYTES = 12 * (TITLE_MAX + DESCRIPTION_MAX) + 1024
+"""Bytes of a ``POST /tasks`` body at most (413 above). Held to the fields' limits: 12 bytes
+a character is the most JSON spends on one (an astral one written as two ``\\u`` escapes, as
+Python's ``json.dumps`` does by default), and 1 KiB is left for the keys and white space, so no
+body within the limits is refused for its size."""
 
 
 class NewTask(msgspec.Struct, forbid_unknown_fields=True):
     """The body of ``POST /tasks``."""
 
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=TITLE_MAX)]
+    description: Annotated[str, msgspec.Meta(max_length=DESCRIPTION_MAX)] = ""
 
 
 class Task(msgspec.Struct):
@@ -46,8 +65,8 @@ class Task(msgspec.Struct):
     2255). Unique within a process; across processes two tasks created in the same
     millisecond share an id once in a thousand, and the later one is then listed only where
     it was created."""
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    description: Annotated[str, msgspec.Meta(max_length=2000)]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=TITLE_MAX)]
+    description: Annotated[str, msgspec.Meta(max_length=DESCRIPTION_MAX)]
     created_at: Annotated[str, msgspec.Meta(max_length=64)]
 
 
@@ -109,6 +128,32 @@ def _json(value: object, status_code: int = 200) -> Response:
     return Response(msgspec.json.encode(value), status_code=status_code, media_type="application/json")
 
 
+def _is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").partition(";")[0]
+    return media_type.strip().lower() == "application/json"
+
+
+def _declared_length(request: Request) -> int | None:
+    try:
+        return int(request.headers["content-length"])
+    except (KeyError, ValueError):
+        return None  # absent (chunked) or malformed: the read below is capped all the same
+
+
+async def _body_within(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is longer than ``limit`` bytes (the rest unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    # aclosing: leaving early must close Starlette's stream now, not whenever it is collected.
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class TaskViews:
     """``GET /tasks`` and ``POST /tasks``, publishing each new task on the ``tasks`` topic."""
 
@@ -123,9 +168,25 @@ class TaskViews:
 
     async def create(self, request: Request) -> Response:
         """Store the task, publish it, answer 201 with it; 422 on a bad body, 503 if the
-        backend is out of reach (the task is kept here, but the others were not told)."""
+        backend is out of reach (the task is kept here, but the others were not told).
+
+        The body must be ``application/json`` (415 otherwise) of at most ``MAX_BODY_BYTES``
+        (413 otherwise, before more than that is read).
+        """
+        # A cross-site page may send a text/plain or form body without a CORS preflight, and
+        # so create tasks on a demo running on the visitor's machine: application/json needs
+        # a preflight, which this app never grants.
+        if not _is_json(request):
+            return _json({"detail": "the body must be application/json"}, status_code=415)
+        too_large = _json({"detail": f"the body must be {MAX_BODY_BYTES} bytes or fewer"}, status_code=413)
+        declared = _declared_length(request)
+        if declared is not None and declared > MAX_BODY_BYTES:
+            return too_large
+        body = await _body_within(request, MAX_BODY_BYTES)
+        if body is None:
+            return too_large
         try:
-            new = self._decoder.decode(await request.body())
+            new = self._decoder.decode(body)
         except msgspec.DecodeError as exc:
             return _json({"detail": str(exc)}, status_code=422)
         task = self.store.create(new)
