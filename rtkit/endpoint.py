@@ -226,6 +226,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._frame_send: Send = send
         self._admitted = False
         self._refused_with: int | None = None  # the code on_connect closed with, unaccepted
+        self._counted_principal: str | None = None  # whose per-principal count holds this one
         self._peer_left: int | None = None  # the peer's close code, seen while a handler hung
 
     @property
@@ -436,6 +437,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
             if metrics.open_by_principal[principal] >= per_principal:
                 return await self._refuse("principal_capacity", 503, 1013, "too many connections")
             metrics.open_by_principal[principal] += 1
+            # Given back under this name at cleanup, whatever self.principal is by then.
+            self._counted_principal = principal
         metrics.connections_open += 1
         self._admitted = True
         return True
@@ -752,10 +755,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
         if self._admitted:
             self._admitted = False
             self.metrics.connections_open -= 1
-            if self.principal is not None and self.limits.max_connections_per_principal is not None:
-                self.metrics.open_by_principal[self.principal.id] -= 1
-                if self.metrics.open_by_principal[self.principal.id] <= 0:
-                    del self.metrics.open_by_principal[self.principal.id]
+            counted, self._counted_principal = self._counted_principal, None
+            if counted is not None:
+                self.metrics.open_by_principal[counted] -= 1
+                if self.metrics.open_by_principal[counted] <= 0:
+                    del self.metrics.open_by_principal[counted]
         try:
             with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True) as scope:
                 try:

@@ -105,8 +105,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
             "heartbeat_interval": self.heartbeat_interval,
             "stall_check_interval": self.stall_check_interval,
         }
-        bad = [name for name, value in positive.items() if value <= 0]
-        bad += [name for name, value in optional.items() if value is not None and value <= 0]
+        # "not > 0" rather than "<= 0": NaN compares false either way, and a NaN rate would
+        # turn the rate limit off without a word.
+        bad = [name for name, value in positive.items() if not value > 0]
+        bad += [name for name, value in optional.items() if value is not None and not value > 0]
         if self.max_topics < 0:
             bad.append("max_topics")
         if bad:

@@ -16,7 +16,15 @@ import pytest
 from starlette.websockets import WebSocket
 from uvicorn.protocols.utils import ClientDisconnected
 
-from rtkit import ChatEndpoint, Hub, Limits, RealtimeEndpoint
+from rtkit import (
+    BackendUnavailableError,
+    ChatEndpoint,
+    Hub,
+    Limits,
+    MemoryBackend,
+    RealtimeEndpoint,
+    TopicEndpoint,
+)
 from rtkit._types import Message
 from rtkit.auth import Authenticator, Principal
 
@@ -196,3 +204,59 @@ async def test_a_refusal_in_on_connect_is_counted_with_its_own_code() -> None:
         assert peer.closes() == [4003]
         assert hub.metrics.closes[4003] == 1
         assert hub.metrics.closes[1008] == 0
+
+
+class Ann(Authenticator):
+    async def authenticate(self, websocket: Any) -> Principal | None:
+        return Principal(id="ann")
+
+
+class Renames(RealtimeEndpoint):
+    """User code that changes who the principal is after admission."""
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        await self.accept()
+        self.principal = Principal(id="someone-else")
+        await self.close(1000)
+
+
+async def test_the_per_principal_count_goes_back_to_whom_it_was_charged() -> None:
+    limits = Limits(max_connections_per_principal=1)
+    async with Hub() as hub:
+        peer = ScriptedPeer(CONNECT)
+        with anyio.fail_after(5):
+            await Renames(scope(), peer.receive, peer.send, hub=hub, limits=limits, authenticator=Ann())
+        assert dict(hub.metrics.open_by_principal) == {}  # ann's count is back to none
+
+
+class LetsGoOfNothing(MemoryBackend):
+    """A backend that cannot release channels (Redis out of reach, say)."""
+
+    async def unsubscribe(self, channel: str) -> None:
+        raise BackendUnavailableError("redis: connection refused")
+
+
+async def test_an_unsubscribe_the_backend_fails_still_frees_the_topics_place() -> None:
+    class OneTopic(TopicEndpoint):
+        limits = Limits(rate=None, max_topics=1)
+
+    async with Hub(LetsGoOfNothing()) as hub:
+        peer = ScriptedPeer(
+            CONNECT,
+            frame('{"type":"subscribe","topic":"a"}'),
+            frame('{"type":"unsubscribe","topic":"a"}'),
+            frame('{"type":"subscribe","topic":"b","ref":2}'),
+        )
+
+        async def serve() -> None:
+            await OneTopic(scope(), peer.receive, peer.send, hub=hub)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            with anyio.fail_after(5):
+                while not any('"ref":2' in m.get("text", "") for m in peer.sent):
+                    await peer.changed.wait()
+            tg.cancel_scope.cancel()
+        texts = [msgspec.json.decode(m["text"]) for m in peer.sent if m.get("text")]
+        assert texts[-2]["code"] == "unavailable"  # the unsubscribe could not be confirmed
+        assert texts[-1] == {"type": "subscribed", "topic": "b", "ref": 2}  # and a takes no place

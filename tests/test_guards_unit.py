@@ -101,6 +101,8 @@ def test_limits_refuse_nonsense() -> None:
         Limits(rate=0, burst=0)
     with pytest.raises(ConfigurationError, match="max_topics"):
         Limits(max_topics=-1)
+    with pytest.raises(ConfigurationError, match="rate, idle_timeout must be positive"):
+        Limits(rate=float("nan"), idle_timeout=float("nan"))  # not a way to turn them off
     assert Limits(rate=None, idle_timeout=None).rate is None
 
 

@@ -103,8 +103,10 @@ class TopicEndpoint(RealtimeEndpoint):
         if problem is not None:  # it cannot be subscribed either; say so, as subscribe does
             await self.send_error("invalid_topic", problem, ref=message.ref)
             return
-        await self.unsubscribe(topic_channel(message.topic, self.namespace))
+        # Off the list first: the hub has let the socket go even if the backend then fails
+        # (BackendUnavailableError), and the topic must not count against max_topics.
         self.topics.discard(message.topic)
+        await self.unsubscribe(topic_channel(message.topic, self.namespace))
         await self.send_message(Unsubscribed(topic=message.topic, ref=message.ref))
 
     async def on_publish(self, websocket: WebSocket, message: Publish) -> None:
