@@ -10,7 +10,9 @@ parameter; ``bearer_token`` does the looking.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import msgspec
 from starlette.requests import HTTPConnection
@@ -24,6 +26,7 @@ __all__ = [
     "Principal",
     "bearer_token",
     "create_token",
+    "same_origin",
 ]
 
 BEARER_SUBPROTOCOL: Final = "rtkit.bearer"
@@ -44,16 +47,41 @@ class Principal(msgspec.Struct, frozen=True):
 
 def bearer_token(connection: HTTPConnection, *, cookie: str = "token", query: str = "token") -> str | None:
     """The bearer token of a handshake, or None: header, subprotocol pair, cookie, query."""
+    return _find_token(connection, cookie=cookie, query=query)[0]
+
+
+def _find_token(
+    connection: HTTPConnection, *, cookie: str = "token", query: str = "token"
+) -> tuple[str | None, str]:
+    """The bearer token and where it was found (``header``, ``subprotocol``, ``cookie``, ``query``)."""
     header = connection.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+        return value.strip(), "header"
     offered = list(connection.scope.get("subprotocols", ()))
     if BEARER_SUBPROTOCOL in offered:
         position = offered.index(BEARER_SUBPROTOCOL)
         if position + 1 < len(offered):
-            return str(offered[position + 1])
-    return connection.cookies.get(cookie) or connection.query_params.get(query) or None
+            return str(offered[position + 1]), "subprotocol"
+    from_cookie = connection.cookies.get(cookie)
+    if from_cookie:
+        return from_cookie, "cookie"
+    return connection.query_params.get(query) or None, "query"
+
+
+def same_origin(connection: HTTPConnection, allowed: Collection[str] | None = None) -> bool:
+    """Whether the handshake's ``Origin`` may use credentials the browser adds by itself.
+
+    True without an ``Origin`` header (not a browser page), for an origin in ``allowed``, or,
+    when ``allowed`` is None, for one whose host and port are the request's own ``Host``.
+    """
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return True
+    if allowed is not None:
+        return origin.rstrip("/").lower() in {entry.rstrip("/").lower() for entry in allowed}
+    host = connection.headers.get("host")
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
 class Authenticator(ABC):
@@ -89,22 +117,40 @@ class JWTAuthenticator(Authenticator):
 
     Needs the ``rtkit[jwt]`` extra (PyJWT). Tokens must carry ``sub`` and ``exp``.
 
+    A token from a cookie is one the browser sends by itself, whichever page opens the
+    socket: it is taken only from a page of the server's own origin (or of
+    ``allowed_origins``), so that another site cannot act as the user (cross-site WebSocket
+    hijacking). Tokens from the header, the subprotocol pair or the query are sent by the
+    page's own code, and taken from any origin.
+
     Args:
         secret: the shared HMAC secret.
         audience: when set, the ``aud`` claim must match.
         leeway: seconds of clock skew tolerated on ``exp``.
+        allowed_origins: origins (``https://app.example``) whose pages may authenticate with
+            the cookie; None for the server's own origin only (``Origin`` matching ``Host``).
     """
 
-    def __init__(self, secret: str, *, audience: str | None = None, leeway: float = 0.0) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        audience: str | None = None,
+        leeway: float = 0.0,
+        allowed_origins: Collection[str] | None = None,
+    ) -> None:
         _check_secret(secret)
         self._jwt = _jwt()
         self._secret = secret
         self.audience = audience
         self.leeway = leeway
+        self.allowed_origins = frozenset(allowed_origins) if allowed_origins is not None else None
 
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
-        token = bearer_token(connection)
+        token, source = _find_token(connection)
         if token is None:
+            return None
+        if source == "cookie" and not same_origin(connection, self.allowed_origins):
             return None
         try:
             claims = self._jwt.decode(

@@ -80,6 +80,25 @@ async def test_jwt_authenticator_checks_signature_expiry_and_claims() -> None:
     assert await auth.authenticate(connection()) is None
 
 
+@pytest.mark.anyio
+async def test_a_cookie_token_is_taken_from_the_servers_own_pages_only() -> None:
+    token = create_token(SECRET, "ann")
+    cookie = {"Cookie": f"token={token}", "Host": "chat.example:8000"}
+    auth = JWTAuthenticator(SECRET)
+    # Another site's page: the browser added the cookie by itself. Refused.
+    assert await auth.authenticate(connection({**cookie, "Origin": "https://evil.example"})) is None
+    # The server's own page, or no page at all (a program): taken.
+    assert await auth.authenticate(connection({**cookie, "Origin": "http://chat.example:8000"}))
+    assert await auth.authenticate(connection(cookie))
+    # A token the page's code sent itself is taken from any origin.
+    header = {"Authorization": f"Bearer {token}", "Origin": "https://evil.example"}
+    assert await auth.authenticate(connection(header))
+    # Origins named by the app.
+    listed = JWTAuthenticator(SECRET, allowed_origins=["https://app.example"])
+    assert await listed.authenticate(connection({**cookie, "Origin": "https://app.example"}))
+    assert await listed.authenticate(connection({**cookie, "Origin": "http://chat.example:8000"})) is None
+
+
 def test_short_secrets_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="at least 32 bytes"):
         JWTAuthenticator("short")
