@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--task-limit", type=_at_least_one, default=1000, help="how many tasks the demo keeps")
     serve.add_argument(
         "--redis-url",
-        default=os.environ.get("RTKIT_REDIS_URL"),
+        # Read from the environment by main(): as a default, --help would print it, password
+        # and all.
+        default=None,
         help="share the hub between processes and machines through Redis (env RTKIT_REDIS_URL); "
         "in memory, one process, if unset",
     )
@@ -249,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         secret = _jwt_secret(args.secret, "--secret")
         print(create_token(DEMO_SECRET if secret is None else secret, args.sub, ttl=args.ttl))
         return 0
+    if args.redis_url is None:
+        args.redis_url = os.environ.get("RTKIT_REDIS_URL")
     if args.workers > 1 and not args.redis_url:
         build_parser().error("--workers above 1 needs --redis-url: each worker is a process of its own")
     args.jwt_secret = _jwt_secret(args.jwt_secret, "--jwt-secret")

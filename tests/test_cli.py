@@ -10,6 +10,7 @@ import threading
 import urllib.request
 
 import jwt
+import msgspec
 import pytest
 from starlette.testclient import TestClient
 from websockets.sync.client import connect as sync_connect
@@ -213,8 +214,24 @@ def test_help_never_prints_the_secret_from_the_environment(
 ) -> None:
     secret = "a-deployment-secret-of-32-bytes-or-more"
     monkeypatch.setenv("RTKIT_JWT_SECRET", secret)
+    monkeypatch.setenv("RTKIT_REDIS_URL", "redis://:redis-password@db.internal:6379/0")
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = capsys.readouterr().out
     assert "RTKIT_JWT_SECRET" in text
     assert secret not in text
+    assert "redis-password" not in text
+
+
+def test_serve_takes_the_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from rtkit.demo.app import SETTINGS_ENV
+
+    ran: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.append(options))
+    monkeypatch.setenv("RTKIT_REDIS_URL", "redis://127.0.0.1:6379/5")
+    monkeypatch.setenv(SETTINGS_ENV, "")  # restored (unset) after the test: main() sets it
+    assert main(["serve", "--workers", "2"]) == 0  # not refused: the URL came from the environment
+    assert ran[0]["workers"] == 2
+    assert msgspec.json.decode(os.environ[SETTINGS_ENV])["redis_url"] == "redis://127.0.0.1:6379/5"
