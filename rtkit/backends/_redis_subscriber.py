@@ -46,7 +46,6 @@ _SUBSCRIBE = b"subscribe"
 _UNSUBSCRIBE = b"unsubscribe"
 _MESSAGE = b"message"
 _PING = b"ping"
-_PONG = b"pong"
 _RESUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command when resubscribing
 
 
