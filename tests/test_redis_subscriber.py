@@ -200,3 +200,24 @@ async def test_a_subscribe_refused_by_an_acl_is_a_backend_error_not_an_outage() 
             assert health.reconnects == 0
         finally:
             await backend.shutdown()
+
+
+async def test_a_channel_nobody_wants_any_more_is_unsubscribed_at_its_next_message(
+    scripted: tuple[Subscriber, ScriptedConnection],
+) -> None:
+    subscriber, conn = scripted
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(subscriber.subscribe, b"k", "topic")
+            await conn.wait_for_command(1)
+            conn.answer(_confirm("subscribe", b"k", 1))
+        # The unsubscribe cannot get the connection within its timeout (another command holds
+        # it): it gives up without sending anything, as documented, and drops the messages.
+        assert subscriber._lock is not None
+        async with subscriber._lock:
+            await subscriber.unsubscribe(b"k")
+        assert conn.commands == [("SUBSCRIBE", "k")]
+        # Redis still sends the channel: its first message has the reader undo the subscription.
+        conn.answer([b"message", b"k", b"late"])
+        await conn.wait_for_command(2)
+    assert conn.commands[-1] == ("UNSUBSCRIBE", "k")

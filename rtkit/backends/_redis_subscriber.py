@@ -456,6 +456,13 @@ class Subscriber:
             channel = self._wanted.get(key)
             if channel is not None:
                 self._on_message(channel, value)
+            elif key in self._active and key not in self._expect:
+                # Subscribed at Redis, wanted by no one, and no UNSUBSCRIBE on its way (an
+                # unsubscribe that could not get the connection in time): undo it now, or Redis
+                # would send its messages until the next reconnect.
+                async with self._started():
+                    self._expect.setdefault(key, deque()).append(_Pending(_UNSUBSCRIBE, []))
+                    await self._send(conn, _UNSUBSCRIBE, [key])
             return
         if kind in (_SUBSCRIBE, _UNSUBSCRIBE):
             self._answered(kind, key)
