@@ -207,10 +207,9 @@ async def test_a_channel_nobody_wants_any_more_is_unsubscribed_at_its_next_messa
 ) -> None:
     subscriber, conn = scripted
     with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(subscriber.subscribe, b"k", "topic")
-            await conn.wait_for_command(1)
-            conn.answer(_confirm("subscribe", b"k", 1))
+        # Queued ahead: the reader runs only once subscribe() waits, its SUBSCRIBE sent.
+        conn.answer(_confirm("subscribe", b"k", 1))
+        await subscriber.subscribe(b"k", "topic")
         # The unsubscribe cannot get the connection within its timeout (another command holds
         # it): it gives up without sending anything, as documented, and drops the messages.
         assert subscriber._lock is not None
