@@ -43,6 +43,7 @@ from rtkit._outbox import Outbox
 from rtkit._passthrough import unwrap_send
 from rtkit._types import Message, Receive, Scope, Send
 from rtkit.auth import BEARER_SUBPROTOCOL, Authenticator, Principal
+from rtkit.channels import check_namespace
 from rtkit.codec import (
     JSON_SUBPROTOCOL,
     MSGPACK_SUBPROTOCOL,
@@ -137,6 +138,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
     offering task (a broadcast then costs one call per member, no task switch); a send that
     has to wait is finished by the writer. Turn it off for an ASGI server whose ``send`` ties
     itself to the calling task (uvicorn's does not)."""
+    namespace: ClassVar[str] = ""
+    """Where the ready handlers' topics and rooms live (``TopicEndpoint``, ``ChatEndpoint``):
+    classes of one namespace share them, others never do. A class whose ``on_authorize`` is
+    stricter than another route's on the same hub needs a namespace of its own, or a client
+    of that route reaches its topics. 1 to 64 of ``A-Z a-z 0-9 _ . -``, or "" for none."""
 
     _codec: ClassVar[Codec | None] = None
     _routes: ClassVar[dict[type[Any], Handler]] = {}
@@ -149,6 +155,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
     @classmethod
     def _prepare(cls) -> None:
         """Build the class's decoder and its table of handlers, once, and check them."""
+        check_namespace(cls.namespace)
         cls._custom_on_receive = cls.on_receive is not RealtimeEndpoint.on_receive
         cls._routes = {}
         if cls.inbound is None:

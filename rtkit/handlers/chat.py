@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from starlette.websockets import WebSocket
 
-from rtkit.channels import check_namespace, room_channel, room_group
+from rtkit.channels import room_channel, room_group
 from rtkit.codec import encode
 from rtkit.endpoint import RealtimeEndpoint
 from rtkit.frame import Frame
@@ -43,14 +43,6 @@ class ChatEndpoint(RealtimeEndpoint):
     """Whether the sender receives its own messages."""
     max_name_length: ClassVar[int] = 64
     """Longer names are refused before accept (HTTP 403)."""
-    namespace: ClassVar[str] = ""
-    """Where this class's rooms live: classes of one namespace share rooms (and their
-    members), others never do. A class whose ``on_authorize`` is stricter than another
-    route's on the same hub needs a namespace of its own."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        check_namespace(cls.namespace)
 
     room: str
     """The room this connection is in."""

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import msgspec
 from starlette.websockets import WebSocket
 
-from rtkit.channels import check_namespace, topic_channel
+from rtkit.channels import topic_channel
 from rtkit.codec import encode, json_to_msgpack
 from rtkit.endpoint import Action, RealtimeEndpoint
 from rtkit.frame import Frame
@@ -33,7 +33,8 @@ class TopicEndpoint(RealtimeEndpoint):
     """Clients subscribe to topics, unsubscribe, and publish events to every subscriber.
 
     Routed with a ``{topic}`` path parameter (``topic_param``), the socket is subscribed to that
-    topic at connect. Application code publishes with ``await hub.publish_event(topic, data)``.
+    topic at connect. Application code publishes with ``await hub.publish_event(topic, data)``
+    (``namespace=`` the class's ``namespace``, when it has one).
 
     Every subscribe and publish is checked, in this order: the topic name rule
     (``invalid_topic``), ``limits.max_topics`` for a subscribe (``limit_exceeded``), then
@@ -43,15 +44,6 @@ class TopicEndpoint(RealtimeEndpoint):
     inbound = TopicInbound
     topic_param: ClassVar[str] = "topic"
     """The path parameter whose topic the socket joins at connect, when the route has it."""
-    namespace: ClassVar[str] = ""
-    """Where this class's topics live: classes of one namespace share topics, others never
-    do. Give a class whose ``on_authorize`` is stricter than another route's on the same hub
-    a namespace of its own, or a client of that other route reaches its topics. Application
-    code publishes into it with ``hub.publish_event(topic, data, namespace=...)``."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        check_namespace(cls.namespace)
 
     topics: set[str]
     """The topics this connection is subscribed to."""
