@@ -22,9 +22,16 @@ else can be going on:
 One behaviour differs, on purpose: messages a peer sent whole before breaking the protocol
 reach the app before the disconnect (uvicorn drops those that came in the same read).
 
-The handshake, keepalive pings, backpressure (reading pauses while the app has a message
-waiting, and sends wait while the transport is paused), per-message deflate (when a client
-negotiates it, every frame takes the general path) and closing are uvicorn's own.
+- **Handing over.** A message the app is already waiting for is handed to it directly, and
+  reading goes on: uvicorn queues every message and pauses reading until the app takes it,
+  which costs a pause and a resume of the socket (two changes to the event loop's poller)
+  per message even when nothing ever waits. Reading still pauses while a message waits
+  that the app has not asked for yet, so what a peer can make the server hold is bounded
+  as before: what one read brings.
+
+The handshake, keepalive pings, backpressure (sends wait while the transport is paused),
+per-message deflate (when a client negotiates it, every frame takes the general path) and
+closing are uvicorn's own.
 
 It serves any ASGI app, rtkit's or not. ``rtkit serve`` uses it by default; elsewhere::
 
@@ -40,7 +47,9 @@ uvicorn's code and a warning says so once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 try:
@@ -142,6 +151,11 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         # of everything so far).
         self._partial: bytearray | None = None
         self._partial_needs = 0
+        # uvicorn's queue of messages for the app, replaced by one that can hand a message
+        # straight to an app that waits for it (every part of uvicorn that queues a message
+        # goes through its ``put_nowait``).
+        self._received = _ReceivedMessages(self.loop)
+        self.queue = self._received  # type: ignore[assignment]  # what uvicorn uses of a Queue
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -173,10 +187,9 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _take_frames(self, data: bytes) -> None:
         limit = self.conn.max_message_size
-        queue = self.queue
+        queue = self._received
         size = len(data)
         pos = 0
-        queued = False
         general_from = size  # where the first frame this path does not take starts
         while pos < size:
             if size - pos < 2:
@@ -206,10 +219,10 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
                 queue.put_nowait({"type": "websocket.receive", "text": text})
             else:
                 queue.put_nowait({"type": "websocket.receive", "bytes": payload})
-            queued = True
             pos = end
-        if queued and not self.read_paused:
-            # As uvicorn does: no more reading until the app has taken what is queued.
+        if queue.items and not self.read_paused:
+            # As uvicorn does: no more reading until the app has taken what is queued. (What
+            # was handed to a waiting app is taken.)
             self.read_paused = True
             self.transport.pause_reading()
         if general_from < size:
@@ -231,6 +244,25 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         """Hold the incomplete frame at ``pos`` until ``needs`` bytes of it are here."""
         self._partial = bytearray(data[pos:] if pos else data)
         self._partial_needs = needs
+
+    async def receive(self) -> Any:
+        """The app's next message: handed over if it has to wait for one; uvicorn's otherwise."""
+        received = self._received
+        if received.items:
+            message = received.items.popleft()
+        else:
+            # What ``received.get()`` does, without a coroutine of its own: every message this
+            # waits for resumes each coroutine on the app's stack.
+            waiter = received.wait()
+            try:
+                message = await waiter
+            except BaseException:
+                received.withdraw(waiter)
+                raise
+        if self.read_paused and not received.items:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -311,3 +343,69 @@ def _framed(payload: str | bytes | bytearray) -> bytes:
     if length <= _CACHED_AT_MOST and (type(payload) is str or type(payload) is bytes):
         _last = (payload, frame)
     return frame
+
+
+class _ReceivedMessages:
+    """The messages for the app, first in first out; a waiting ``get`` is handed the next one.
+
+    What uvicorn's protocol uses of its ``asyncio.Queue`` (``put_nowait``, ``get``,
+    ``get_nowait``, ``empty``, ``qsize``), without a queue's bound, its task accounting and its
+    check of the running loop at every ``get``: the app is its one consumer.
+    """
+
+    __slots__ = ("items", "loop", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[Any] = deque()
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+
+    def put_nowait(self, message: Any) -> None:
+        """Hand ``message`` to the oldest waiting ``get``, or keep it for the next one."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # not cancelled
+                waiter.set_result(message)
+                return
+        self.items.append(message)
+
+    async def get(self) -> Any:
+        """The next message, waiting for one if none is kept."""
+        if self.items:
+            return self.items.popleft()
+        waiter = self.wait()
+        try:
+            return await waiter
+        except BaseException:
+            self.withdraw(waiter)
+            raise
+
+    def wait(self) -> asyncio.Future[Any]:
+        """A future that the next message is handed to (call only when none is kept)."""
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        return waiter
+
+    def withdraw(self, waiter: asyncio.Future[Any]) -> None:
+        """Give up waiting on ``waiter`` (its awaiting was cancelled or failed)."""
+        if not waiter.done():
+            self.waiters.remove(waiter)
+        elif not waiter.cancelled():
+            # Handed a message, then cancelled before it could return it: the message stays
+            # first in line rather than being lost.
+            self.items.appendleft(waiter.result())
+
+    def get_nowait(self) -> Any:
+        """The next message, or ``asyncio.QueueEmpty``."""
+        if not self.items:
+            raise asyncio.QueueEmpty
+        return self.items.popleft()
+
+    def empty(self) -> bool:
+        """Whether no message is kept."""
+        return not self.items
+
+    def qsize(self) -> int:
+        """How many messages are kept."""
+        return len(self.items)

@@ -12,7 +12,7 @@ import os
 import random
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -50,6 +50,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written = bytearray()
         self.paused = False
+        self.pauses = 0
         self.closed = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -60,6 +61,7 @@ class FakeTransport:
 
     def pause_reading(self) -> None:
         self.paused = True
+        self.pauses += 1
 
     def resume_reading(self) -> None:
         self.paused = False
@@ -345,6 +347,83 @@ async def test_the_app_is_given_whole_messages_and_reading_pauses_until_it_takes
     assert await fast.protocol.receive() == text_of("two")
     assert not fast.transport.paused
     app_done.set()
+
+
+@pytest.fixture
+async def fast() -> AsyncIterator[Driven]:
+    """rtkit's protocol, driven by the test, past the handshake."""
+    app_done = asyncio.Event()
+    driven = Driven(FastWebSocketProtocol, app_done)
+    await driven.open()
+    yield driven
+    app_done.set()
+
+
+async def waiting_receive(protocol: Any) -> asyncio.Task[Any]:
+    """A task in the app's place, waiting in ``receive`` by the time this returns."""
+    task = asyncio.create_task(protocol.receive())
+    await asyncio.sleep(0)  # one step: the task is now parked on its waiter
+    assert not task.done()
+    return task
+
+
+async def test_a_message_the_app_waits_for_is_handed_over_without_pausing_reading(fast: Driven) -> None:
+    for text in ("one", "two"):
+        receiving = await waiting_receive(fast.protocol)
+        fast.feed([client_frame(text.encode())])
+        with anyio.fail_after(TIMEOUT):
+            assert await receiving == text_of(text)
+    # uvicorn pauses and resumes the socket for each message; nothing waited here.
+    assert fast.transport.pauses == 0
+    assert not fast.transport.paused
+
+
+async def test_what_comes_with_a_handed_over_message_waits_with_reading_paused(fast: Driven) -> None:
+    receiving = await waiting_receive(fast.protocol)
+    fast.feed([client_frame(b"one") + client_frame(b"two")])
+    assert fast.transport.paused  # "two" waits for the app
+    with anyio.fail_after(TIMEOUT):
+        assert await receiving == text_of("one")
+    assert fast.transport.paused
+    assert await fast.protocol.receive() == text_of("two")
+    assert not fast.transport.paused
+
+
+async def test_a_message_uvicorns_parser_hands_over_resumes_the_reading_it_paused(fast: Driven) -> None:
+    # A fragmented message takes uvicorn's code, which pauses reading after every message.
+    receiving = await waiting_receive(fast.protocol)
+    fast.feed([client_frame(b"frag", fin=False) + client_frame(b"ment", 0x0)])
+    with anyio.fail_after(TIMEOUT):
+        assert await receiving == text_of("fragment")
+    assert not fast.transport.paused
+
+
+async def test_a_receive_cancelled_after_its_message_came_leaves_it_for_the_next(fast: Driven) -> None:
+    receiving = await waiting_receive(fast.protocol)
+    fast.feed([client_frame(b"one")])  # handed over; the task has not run since
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    fast.feed([client_frame(b"two")])
+    assert fast.drain() == [text_of("one"), text_of("two")]
+
+
+async def test_a_receive_cancelled_while_waiting_takes_nothing_from_later_messages(fast: Driven) -> None:
+    receiving = await waiting_receive(fast.protocol)
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    fast.feed([client_frame(b"one")])
+    assert fast.drain() == [text_of("one")]
+    # The queue's own ``get`` waits the same way, for code that calls it.
+    getting = asyncio.create_task(fast.protocol.queue.get())
+    await asyncio.sleep(0)
+    fast.feed([client_frame(b"two")])
+    with anyio.fail_after(TIMEOUT):
+        assert await getting == text_of("two")
+    assert fast.protocol.queue.qsize() == 0
+    with pytest.raises(asyncio.QueueEmpty):
+        fast.protocol.queue.get_nowait()
 
 
 async def test_a_trickled_frame_is_not_copied_again_for_every_byte() -> None:
