@@ -1,6 +1,6 @@
 """``python -m benchmarks``: run the benchmarks and write ``results.json``, ``results.md`` and a chart.
 
-``make bench`` runs the full set (about ten minutes); ``make bench ARGS="--quick"`` a smoke run.
+``make bench`` runs the full set (about twenty minutes); ``make bench ARGS="--quick"`` a smoke run.
 """
 
 from __future__ import annotations
@@ -41,13 +41,25 @@ def _e2e(settings: Settings, pin: bool) -> Section:
     return bench.run(settings, pin=pin)
 
 
+def _instructions(settings: Settings, pin: bool) -> Section:
+    from benchmarks import instructions
+
+    return instructions.run(settings, pin=pin)
+
+
 def _redis(settings: Settings, pin: bool) -> Section:
     from benchmarks import redis_fanout
 
     return redis_fanout.run(settings, pin=pin)
 
 
-BENCHMARKS: dict[str, Runner] = {"codec": _codec, "hub": _hub, "e2e": _e2e, "redis": _redis}
+BENCHMARKS: dict[str, Runner] = {
+    "codec": _codec,
+    "hub": _hub,
+    "e2e": _e2e,
+    "instructions": _instructions,
+    "redis": _redis,
+}
 """Every benchmark by name, in the order a full run takes them."""
 IN_PROCESS = frozenset({"codec", "hub"})
 

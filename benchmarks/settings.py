@@ -13,6 +13,7 @@ ProfileName: TypeAlias = Literal["full", "quick", "smoke"]
 E2E_CONTENDERS = ("rtkit", "raw-asgi", "starlette", "fastapi-tutorial")
 BROADCAST_EXTRAS = ("rtkit-router",)
 PROTOCOL_EXTRAS = ("rtkit-fast", "raw-asgi-fast")
+INSTRUCTION_CONTENDERS = ("rtkit-fast", "raw-asgi-fast", "rtkit", "raw-asgi", "starlette", "fastapi-tutorial")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +54,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """A new server process for the stalled and idle runs (clean memory figures)."""
     # redis
     redis_members: int
+    # instructions (callgrind)
+    instruction_contenders: tuple[str, ...] = INSTRUCTION_CONTENDERS
+    instruction_messages: tuple[int, int, int] = (200, 300, 1300)
+    """Echoes in the warm-up run, the short run and the long run of each server under callgrind."""
 
 
 PROFILES: dict[ProfileName, Settings] = {
@@ -97,6 +102,8 @@ PROFILES: dict[ProfileName, Settings] = {
         idle_connections=(200,),
         fresh_servers=False,
         redis_members=20,
+        instruction_contenders=("rtkit-fast", "raw-asgi-fast", "fastapi-tutorial"),
+        instruction_messages=(50, 100, 300),
     ),
     "smoke": Settings(
         profile="smoke",
@@ -120,5 +127,8 @@ PROFILES: dict[ProfileName, Settings] = {
         idle_connections=(5,),
         fresh_servers=False,
         redis_members=4,
+        # One server under callgrind: its start is most of the benchmark's time.
+        instruction_contenders=("raw-asgi-fast",),
+        instruction_messages=(5, 10, 30),
     ),
 }

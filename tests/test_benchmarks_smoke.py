@@ -6,6 +6,7 @@ each contender, and wrote the JSON, markdown and SVG that ``make bench`` promise
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,12 @@ import msgspec
 import pytest
 from starlette.testclient import TestClient
 
-from benchmarks import codec, hub_fanout
+from benchmarks import codec, hub_fanout, instructions
 from benchmarks.__main__ import BENCHMARKS, main
 from benchmarks._results import Report, Section
 from benchmarks.e2e.apps import APPS, build
 from benchmarks.e2e.bench import LOOPBACK_KEY
+from benchmarks.e2e.processes import BenchProcessError
 from benchmarks.settings import PROFILES
 
 SMOKE = PROFILES["smoke"]
@@ -127,6 +129,53 @@ def test_e2e(report: Report) -> None:
     assert ("echo", "raw-asgi", 0.9) in targets
     assert ("broadcast", "raw-asgi", 0.85) in targets
     assert any(case == "broadcast-stalled" and target == 0.8 for case, _, target in targets)
+
+
+def test_instructions(report: Report) -> None:
+    section = _section(report, "instructions")
+    if section.skipped is not None:
+        assert "valgrind" in section.skipped
+        if os.environ.get("RTKIT_REQUIRE_PROFILER") == "1":
+            pytest.fail(f"RTKIT_REQUIRE_PROFILER=1 but the callgrind benchmark skipped: {section.skipped}")
+        return
+    assert section.notes == []  # a server that failed under callgrind leaves a note
+    (measured,) = section.measurements
+    assert (measured.case, measured.contender) == ("echo", "raw-asgi-fast")
+    # Not a timing: a count. One echo through uvicorn's loop and Python's interpreter takes
+    # thousands of instructions; a count taken from the wrong dump (the start-up's, or none)
+    # would be off by orders of magnitude.
+    assert 2_000 < measured.metrics[instructions.METRIC] < 2_000_000
+
+
+def test_instruction_ratios_compare_each_rtkit_server_with_its_baselines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts = {
+        "rtkit-fast": 40_000.0,
+        "raw-asgi-fast": 36_000.0,
+        "fastapi-tutorial": 120_000.0,
+        "rtkit": 80_000.0,
+    }
+    monkeypatch.setattr(instructions, "unavailable", lambda: None)
+    monkeypatch.setattr(instructions, "_measure", lambda app, settings: counts[app])
+    settings = msgspec.structs.replace(SMOKE, instruction_contenders=tuple(counts))
+    section = instructions.run(settings)
+    ratios = {(r.contender, r.baseline): r.value for r in section.ratios}
+    # Fewer instructions is better: baseline / rtkit. Pairs with a baseline not measured are left out.
+    assert ratios == {
+        ("rtkit-fast", "raw-asgi-fast"): 0.9,
+        ("rtkit-fast", "fastapi-tutorial"): 3.0,
+        ("rtkit", "fastapi-tutorial"): 1.5,
+    }
+
+
+def test_the_instruction_count_is_read_from_callgrinds_summary(tmp_path: Path) -> None:
+    dump = tmp_path / "cg.1.1"
+    dump.write_bytes(b"# callgrind format\nversion: 1\nevents: Ir\nsummary: 123456\nfn=(1) main\n0 5\n")
+    assert instructions.instructions_of(dump) == 123_456
+    dump.write_bytes(b"events: Ir\n")
+    with pytest.raises(BenchProcessError):
+        instructions.instructions_of(dump)
 
 
 def test_redis(report: Report) -> None:

@@ -53,12 +53,20 @@ class ServerProcess:
         extra: more command-line arguments for ``benchmarks.e2e.server``.
         wrapper: a command that runs the server as its child and ends when it does
             (``py-spy record ... --``); ``pid`` is then the server's, not the wrapper's.
+        start_timeout: seconds the server has to start accepting connections.
     """
 
     def __init__(
-        self, app: str, *, cpu: int | None, extra: list[str] | None = None, wrapper: Sequence[str] = ()
+        self,
+        app: str,
+        *,
+        cpu: int | None,
+        extra: list[str] | None = None,
+        wrapper: Sequence[str] = (),
+        start_timeout: float = _START_TIMEOUT,
     ) -> None:
         self.app = app
+        self.start_timeout = start_timeout
         self.args = [*wrapper, sys.executable, "-m", "benchmarks.e2e.server", "--app", app]
         if cpu is not None:
             self.args += ["--cpu", str(cpu)]
@@ -102,7 +110,7 @@ class ServerProcess:
         stdout = self._proc.stdout
         if stdout is None:  # pragma: no cover - stdout is a pipe
             raise BenchProcessError("no stdout pipe")
-        deadline = time.monotonic() + _START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         line = b""
         while time.monotonic() < deadline and self._proc.poll() is None:
             ready, _, _ = select.select([stdout], [], [], 0.1)
