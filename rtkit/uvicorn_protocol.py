@@ -6,7 +6,7 @@ serialized and collected. That is general and correct, and for the small whole t
 frames of a chat or a topic feed it is most of a server's cost per message.
 
 ``FastWebSocketProtocol`` is that protocol with two shortcuts, each taken only when nothing
-else can be going on:
+else can be going on, and a cheaper way of handing messages to the app:
 
 - **Receiving.** While the connection is open, nothing is left in the websockets parser's
   buffer and no fragmented message is under way, whole masked text or binary frames within
@@ -18,16 +18,15 @@ else can be going on:
   a ``websocket.send`` is framed here (a server's frames are unmasked: two to ten bytes of
   header) and written at once. A broadcast hands every member the same payload object: it is
   framed once and the frame written to each. Everything else takes uvicorn's code.
+- **Handing over.** A message the app is already waiting for is handed to it directly, and
+  reading goes on. uvicorn queues every message and pauses reading until the app takes it,
+  which costs a pause and a resume of the socket (two changes to the event loop's poller)
+  per message even when the app was waiting. Reading still pauses while a message waits
+  that the app has not asked for yet, so what a peer can make the server hold is bounded
+  as before: what one read brings.
 
 One behaviour differs, on purpose: messages a peer sent whole before breaking the protocol
 reach the app before the disconnect (uvicorn drops those that came in the same read).
-
-- **Handing over.** A message the app is already waiting for is handed to it directly, and
-  reading goes on: uvicorn queues every message and pauses reading until the app takes it,
-  which costs a pause and a resume of the socket (two changes to the event loop's poller)
-  per message even when nothing ever waits. Reading still pauses while a message waits
-  that the app has not asked for yet, so what a peer can make the server hold is bounded
-  as before: what one read brings.
 
 The handshake, keepalive pings, backpressure (sends wait while the transport is paused),
 per-message deflate (when a client negotiates it, every frame takes the general path) and
@@ -48,6 +47,7 @@ uvicorn's code and a warning says so once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from typing import Any
@@ -394,12 +394,16 @@ class _ReceivedMessages:
 
     def withdraw(self, waiter: asyncio.Future[Any]) -> None:
         """Give up waiting on ``waiter`` (its awaiting was cancelled or failed)."""
-        if not waiter.done():
-            self.waiters.remove(waiter)
-        elif not waiter.cancelled():
+        if waiter.done() and not waiter.cancelled():
             # Handed a message, then cancelled before it could return it: the message stays
             # first in line rather than being lost.
             self.items.appendleft(waiter.result())
+            return
+        # Not handed anything: forget it now, or an app that gives up waiting again and again
+        # on a silent peer (a receive under a timeout) would pile up dead waiters.
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
 
     def get_nowait(self) -> Any:
         """The next message, or ``asyncio.QueueEmpty``."""

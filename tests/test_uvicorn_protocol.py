@@ -408,6 +408,17 @@ async def test_a_receive_cancelled_after_its_message_came_leaves_it_for_the_next
     assert fast.drain() == [text_of("one"), text_of("two")]
 
 
+async def test_receives_given_up_on_a_silent_peer_leave_nothing_behind(fast: Driven) -> None:
+    # An app that polls with a timeout: each receive is cancelled before any message comes.
+    for _ in range(50):
+        with anyio.move_on_after(0):
+            await fast.protocol.receive()
+    assert len(fast.protocol.queue.waiters) == 0
+    fast.feed([client_frame(b"one")])
+    with anyio.fail_after(TIMEOUT):
+        assert await fast.protocol.receive() == text_of("one")
+
+
 async def test_a_receive_cancelled_while_waiting_takes_nothing_from_later_messages(fast: Driven) -> None:
     receiving = await waiting_receive(fast.protocol)
     receiving.cancel()
