@@ -419,6 +419,22 @@ async def test_receives_given_up_on_a_silent_peer_leave_nothing_behind(fast: Dri
         assert await fast.protocol.receive() == text_of("one")
 
 
+async def test_a_message_that_comes_between_a_cancel_and_its_delivery_is_kept(fast: Driven) -> None:
+    receiving = await waiting_receive(fast.protocol)
+    receiving.cancel()  # its waiter is cancelled now; the task learns it at its next step
+    fast.feed([client_frame(b"one")])  # skips the cancelled waiter
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    assert await fast.protocol.queue.get() == text_of("one")
+    # The queue's own get, given up while it waits, leaves no waiter either.
+    getting = asyncio.create_task(fast.protocol.queue.get())
+    await asyncio.sleep(0)
+    getting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getting
+    assert len(fast.protocol.queue.waiters) == 0
+
+
 async def test_a_receive_cancelled_while_waiting_takes_nothing_from_later_messages(fast: Driven) -> None:
     receiving = await waiting_receive(fast.protocol)
     receiving.cancel()
