@@ -91,9 +91,12 @@ class _Counted:
 
     def _dump(self) -> int:
         before = set(self.directory.iterdir())
-        done = subprocess.run(
-            ["callgrind_control", "--dump", str(self.server.pid)], capture_output=True, timeout=120
-        )
+        try:
+            done = subprocess.run(
+                ["callgrind_control", "--dump", str(self.server.pid)], capture_output=True, timeout=120
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchProcessError("callgrind_control --dump did not answer in 120 s") from exc
         new = sorted(set(self.directory.iterdir()) - before)
         if done.returncode != 0 or len(new) != 1:
             detail = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")

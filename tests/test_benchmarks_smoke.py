@@ -7,6 +7,7 @@ each contender, and wrote the JSON, markdown and SVG that ``make bench`` promise
 from __future__ import annotations
 
 import os
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,31 @@ def test_instruction_ratios_compare_each_rtkit_server_with_its_baselines(
         ("rtkit-fast", "fastapi-tutorial"): 3.0,
         ("rtkit", "fastapi-tutorial"): 1.5,
     }
+
+
+def test_a_server_that_fails_under_callgrind_leaves_a_note_and_the_others_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def measure(app: str, settings: object) -> float:
+        if app == "rtkit-fast":
+            raise BenchProcessError("callgrind_control --dump did not answer in 120 s")
+        return 36_000.0
+
+    monkeypatch.setattr(instructions, "unavailable", lambda: None)
+    monkeypatch.setattr(instructions, "_measure", measure)
+    settings = msgspec.structs.replace(SMOKE, instruction_contenders=("rtkit-fast", "raw-asgi-fast"))
+    section = instructions.run(settings)
+    assert section.notes == ["rtkit-fast: callgrind_control --dump did not answer in 120 s"]
+    assert [m.contender for m in section.measurements] == ["raw-asgi-fast"]
+    assert section.ratios == []
+
+
+def test_without_valgrind_the_benchmark_says_why_it_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    section = instructions.run(SMOKE)
+    assert section.skipped is not None
+    assert "valgrind and callgrind_control not found" in section.skipped
+    assert section.measurements == []
 
 
 def test_the_instruction_count_is_read_from_callgrinds_summary(tmp_path: Path) -> None:
