@@ -1,4 +1,4 @@
-"""Server instructions per echoed message, counted by valgrind's callgrind.
+"""Server instructions per message, counted by valgrind's callgrind: echo, and room broadcast.
 
 A wall-clock figure on a shared virtual machine moves with every other tenant: the end-to-end
 ratios spread from 0.6x to 1.8x between repeats on a noisy host. An instruction count does
@@ -9,11 +9,13 @@ user-space work only: the kernel's part of each read, write and wake-up (most of
 spent waiting on memory, so it says what a change to the code costs, not how long a message
 takes.
 
-Each contender's server runs under callgrind with one connection and one message in flight:
-a warm-up run, then a short and a long run, with callgrind's counters written out after
-each (``callgrind_control --dump``). The long run's count minus the short run's, divided by
-the difference of their message counts, is what one more message costs: what every run
-costs once (the handshake, the close) falls out. Skips, saying why, without valgrind.
+Each contender's server runs under callgrind with one message in flight: the echo on one
+connection, then a broadcast to a room (each message published once every member has the
+last). Each is a warm-up run, then a short and a long run, with callgrind's counters written
+out after each (``callgrind_control --dump``). The long run's count minus the short run's,
+divided by the difference of their messages (for the broadcast, of their deliveries), is what
+one more message costs: what every run costs once (handshakes, joins, closes) falls out.
+Skips, saying why, without valgrind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from benchmarks._results import Measurement, Section, add_ratio
 from benchmarks.e2e.loadgen import LoadSpec
@@ -33,6 +36,7 @@ __all__ = ["METRIC", "RATIOS", "instructions_of", "run", "unavailable"]
 
 METRIC = "instructions_per_message"
 CASE, PARAM = "echo", "1 connection"
+BROADCAST = "broadcast"
 RATIOS: dict[str, tuple[str, ...]] = {
     "rtkit-fast": ("raw-asgi-fast", "raw-asgi", "fastapi-tutorial"),
     "rtkit": ("raw-asgi", "starlette", "fastapi-tutorial"),
@@ -75,16 +79,32 @@ class _Counted:
 
     def echo(self, messages: int) -> int:
         """Instructions the server spent on a run of ``messages`` echoes (counted since the last)."""
+        return self._count(scenario="echo", connections=1, max_messages=messages)
+
+    def broadcast(self, members: int, publishes: int, room: str) -> int:
+        """Instructions spent on ``publishes`` messages to a room of ``members``, one at a time.
+
+        One publish in flight (the load client's window), so each read holds one frame, as
+        in the echo: the count does not depend on how fast the server runs.
+        """
+        return self._count(
+            scenario="broadcast",
+            connections=members,
+            max_messages=publishes,
+            window=1,
+            room=room,
+            wait_welcome=self.server.app.startswith("rtkit"),  # only ChatEndpoint says so
+        )
+
+    def _count(self, **fields: Any) -> int:
         server = self.server
         spec = LoadSpec(
-            scenario="echo",
             ports=[server.port],
             server_pids=[server.pid],
-            connections=1,
             seconds=_CLIENT_TIMEOUT,
             warmup=0.0,
-            max_messages=messages,
             timeout=_CLIENT_TIMEOUT,
+            **fields,
         )
         run_client(spec)
         return self._dump()
@@ -104,15 +124,24 @@ class _Counted:
         return instructions_of(new[0])
 
 
-def _measure(app: str, settings: Settings) -> float:
+def _measure(app: str, settings: Settings) -> dict[tuple[str, str], float]:
+    """Instructions per echoed message, and per delivered broadcast message, of one server."""
     warm, short, long = settings.instruction_messages
+    members = settings.instruction_broadcast_members
+    out: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="rtkit-bench-callgrind-") as name:
         counted = _Counted(app, Path(name))
         with counted.server:
             counted.echo(warm)  # first-use costs: imports, caches, the code paths' first run
             short_count = counted.echo(short)
             long_count = counted.echo(long)
-    return (long_count - short_count) / (long - short)
+            out[CASE, PARAM] = (long_count - short_count) / (long - short)
+            if members:
+                counted.broadcast(members, warm, "warm")
+                short_count = counted.broadcast(members, short, "short")
+                long_count = counted.broadcast(members, long, "long")
+                out[BROADCAST, f"{members} members"] = (long_count - short_count) / ((long - short) * members)
+    return out
 
 
 def run(settings: Settings, *, pin: bool = True) -> Section:
@@ -122,12 +151,12 @@ def run(settings: Settings, *, pin: bool = True) -> Section:
     """
     section = Section(
         name="instructions",
-        title="Server instructions per echoed message (callgrind)",
+        title="Server instructions per message (callgrind)",
         description=(
-            "Each server under valgrind's callgrind, one connection, one message in flight: "
-            "(instructions over a long run - over a short run) / (messages in the long run - "
-            "in the short run). User space only; the same for the same code whatever else the "
-            "machine runs."
+            "Each server under valgrind's callgrind, one message in flight: echo on one "
+            "connection, then a room broadcast (per delivery): (instructions over a long run - "
+            "over a short run) / (messages in the long run - in the short run). User space "
+            "only; the same for the same code whatever else the machine runs."
         ),
         metric_units={METRIC: "instructions"},
         lower_is_better=[METRIC],
@@ -138,20 +167,25 @@ def run(settings: Settings, *, pin: bool = True) -> Section:
         return section
     for app in settings.instruction_contenders:
         try:
-            per_message = _measure(app, settings)
+            counts = _measure(app, settings)
         except BenchProcessError as exc:
             section.notes.append(f"{app}: {exc}")
             continue
-        section.measurements.append(
-            Measurement(
-                case=CASE,
-                param=PARAM,
-                contender=app,
-                metrics={METRIC: per_message},
-                samples={METRIC: [per_message]},
+        for (case, param), per_message in counts.items():
+            section.measurements.append(
+                Measurement(
+                    case=case,
+                    param=param,
+                    contender=app,
+                    metrics={METRIC: per_message},
+                    samples={METRIC: [per_message]},
+                )
             )
-        )
-    for contender, baselines in RATIOS.items():
-        for baseline in baselines:
-            add_ratio(section, case=CASE, param=PARAM, metric=METRIC, baseline=baseline, contender=contender)
+    cases = sorted({(m.case, m.param) for m in section.measurements}, key=lambda key: key != (CASE, PARAM))
+    for case, param in cases:
+        for contender, baselines in RATIOS.items():
+            for baseline in baselines:
+                add_ratio(
+                    section, case=case, param=param, metric=METRIC, baseline=baseline, contender=contender
+                )
     return section

@@ -57,7 +57,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # instructions (callgrind)
     instruction_contenders: tuple[str, ...] = INSTRUCTION_CONTENDERS
     instruction_messages: tuple[int, int, int] = (200, 300, 1300)
-    """Echoes in the warm-up run, the short run and the long run of each server under callgrind."""
+    """Messages in the warm-up run, the short run and the long run of each server under
+    callgrind (echoes, then publishes to the room)."""
+    instruction_broadcast_members: int = 10
+    """Members of the room counted per delivery (0: echo only)."""
 
 
 PROFILES: dict[ProfileName, Settings] = {
@@ -130,5 +133,6 @@ PROFILES: dict[ProfileName, Settings] = {
         # One server under callgrind: its start is most of the benchmark's time.
         instruction_contenders=("raw-asgi-fast",),
         instruction_messages=(5, 10, 30),
+        instruction_broadcast_members=3,
     ),
 }

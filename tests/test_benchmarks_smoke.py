@@ -140,43 +140,56 @@ def test_instructions(report: Report) -> None:
             pytest.fail(f"RTKIT_REQUIRE_PROFILER=1 but the callgrind benchmark skipped: {section.skipped}")
         return
     assert section.notes == []  # a server that failed under callgrind leaves a note
-    (measured,) = section.measurements
-    assert (measured.case, measured.contender) == ("echo", "raw-asgi-fast")
-    # Not a timing: a count. One echo through uvicorn's loop and Python's interpreter takes
+    echo, broadcast = section.measurements
+    assert (echo.case, echo.contender) == ("echo", "raw-asgi-fast")
+    members = SMOKE.instruction_broadcast_members
+    assert (broadcast.case, broadcast.param) == ("broadcast", f"{members} members")
+    # Not timings: counts. One message through uvicorn's loop and Python's interpreter takes
     # thousands of instructions; a count taken from the wrong dump (the start-up's, or none)
     # would be off by orders of magnitude.
-    assert 2_000 < measured.metrics[instructions.METRIC] < 2_000_000
+    for measured in (echo, broadcast):
+        assert 2_000 < measured.metrics[instructions.METRIC] < 2_000_000
 
 
 def test_instruction_ratios_compare_each_rtkit_server_with_its_baselines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    counts = {
+    echo = {
         "rtkit-fast": 40_000.0,
         "raw-asgi-fast": 36_000.0,
         "fastapi-tutorial": 120_000.0,
         "rtkit": 80_000.0,
     }
+    room = ("broadcast", "10 members")
+
+    def measure(app: str, settings: object) -> dict[tuple[str, str], float]:
+        return {("echo", "1 connection"): echo[app], room: echo[app] / 10}
+
     monkeypatch.setattr(instructions, "unavailable", lambda: None)
-    monkeypatch.setattr(instructions, "_measure", lambda app, settings: counts[app])
-    settings = msgspec.structs.replace(SMOKE, instruction_contenders=tuple(counts))
+    monkeypatch.setattr(instructions, "_measure", measure)
+    settings = msgspec.structs.replace(SMOKE, instruction_contenders=tuple(echo))
     section = instructions.run(settings)
-    ratios = {(r.contender, r.baseline): r.value for r in section.ratios}
+    ratios = {(r.case, r.contender, r.baseline): r.value for r in section.ratios}
     # Fewer instructions is better: baseline / rtkit. Pairs with a baseline not measured are left out.
-    assert ratios == {
+    expected = {
         ("rtkit-fast", "raw-asgi-fast"): 0.9,
         ("rtkit-fast", "fastapi-tutorial"): 3.0,
         ("rtkit", "fastapi-tutorial"): 1.5,
     }
+    assert ratios == {
+        (case, *pair): value for case in ("echo", "broadcast") for pair, value in expected.items()
+    }
+    assert section.ratios[0].case == "echo"  # the echo's ratios come first
+    assert section.find(*room, "rtkit") is not None
 
 
 def test_a_server_that_fails_under_callgrind_leaves_a_note_and_the_others_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def measure(app: str, settings: object) -> float:
+    def measure(app: str, settings: object) -> dict[tuple[str, str], float]:
         if app == "rtkit-fast":
             raise BenchProcessError("callgrind_control --dump did not answer in 120 s")
-        return 36_000.0
+        return {("echo", "1 connection"): 36_000.0}
 
     monkeypatch.setattr(instructions, "unavailable", lambda: None)
     monkeypatch.setattr(instructions, "_measure", measure)
