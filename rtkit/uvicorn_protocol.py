@@ -106,16 +106,14 @@ def _between_frames(parser: Any) -> bool:
     return False
 
 
-def _frame_bounds(data: bytes, pos: int) -> tuple[int, int]:
-    """Where the payload of the client frame at ``pos`` starts and where the frame ends.
+def _extended_frame_bounds(data: bytes, pos: int) -> tuple[int, int]:
+    """Where the payload of the client frame at ``pos`` starts and where the frame ends, for a
+    frame with a 16- or 64-bit length (a 7-bit one is read where the frames are parsed).
 
     A negative start means the header is incomplete: minus how many more bytes it needs.
     """
     available = len(data) - pos
-    length = data[pos + 1] & 0x7F
-    if length < 126:
-        start = pos + 6  # two bytes, then the 4-byte mask
-    elif length == 126:
+    if data[pos + 1] & 0x7F == 126:
         if available < 4:
             return available - 4, 0
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
@@ -191,7 +189,7 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
                 start = pos + 6
                 end = start + length
             else:
-                start, end = _frame_bounds(data, pos)
+                start, end = _extended_frame_bounds(data, pos)
                 if start < 0:
                     self._keep_partial(data, pos, size - pos - start)
                     break
