@@ -82,6 +82,7 @@ def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
     settings = msgspec.structs.replace(
         PROFILES["smoke"],
         e2e_contenders=("rtkit", "raw-asgi", "fastapi-tutorial"),
+        protocol_extras=(),  # rtkit's protocol not measured: the targets are on rtkit itself
         echo_connections=(10,),
         broadcast_members=(),
         idle_connections=(),
@@ -109,6 +110,35 @@ def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
     chart = ET.fromstring(render_svg(report))
     dashed = [line for line in chart.iter("{http://www.w3.org/2000/svg}line") if line.get("stroke-dasharray")]
     assert len(dashed) == 1  # one floor tick, on the tutorial bar; raw ASGI's own ratio has no bar
+
+
+def test_with_rtkits_protocol_measured_the_targets_are_on_it_alone() -> None:
+    settings = msgspec.structs.replace(
+        PROFILES["smoke"],
+        e2e_contenders=("rtkit", "raw-asgi", "fastapi-tutorial"),
+        protocol_extras=("rtkit-fast", "raw-asgi-fast"),
+        echo_connections=(10,),
+        broadcast_members=(),
+        idle_connections=(),
+    )
+    section = _echo_run(
+        {
+            "rtkit": [85.0, 86.0, 84.0],
+            "raw-asgi": [100.0, 100.0, 100.0],
+            "fastapi-tutorial": [80.0, 75.0, 80.0],
+            "rtkit-fast": [150.0, 160.0, 155.0],
+            "raw-asgi-fast": [160.0, 165.0, 170.0],
+        }
+    )
+    _ratios(section, settings)
+    echo = {(r.contender, r.baseline): r for r in section.ratios if r.metric == "replies_per_s"}
+    assert echo[("rtkit-fast", "raw-asgi")].target == 0.9
+    assert echo[("rtkit-fast", "fastapi-tutorial")].target == 1.3
+    # rtkit on uvicorn's protocol is still reported, under the figure, but not as a target.
+    assert echo[("rtkit", "raw-asgi")].value == 0.85
+    assert echo[("rtkit", "raw-asgi")].target is None
+    assert echo[("rtkit", "fastapi-tutorial")].target is None
+    assert {r.contender for r in section.ratios if r.target is not None} == {"rtkit-fast"}
 
 
 def test_echo_reports_the_median_round_trip_beside_the_rate_without_a_target() -> None:
