@@ -14,6 +14,10 @@ that would wait (the peer stopped reading) is handed, half run, to that socket's
 and everything offered after it queues behind it under the outbox's bounds. On rtkit's own
 uvicorn protocol the frame is written by the protocol's ``write_now`` instead, with no
 coroutine at all; when that declines (the socket cannot take it now), the send runs as above.
+
+The bounds (``max_bytes``, and ``max_messages`` for what is queued) count a frame until its
+send has ended, not only while it is queued: a slow send and what waits behind it stay within
+``max_bytes`` together.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ OverflowPolicy: TypeAlias = Literal["disconnect", "drop_oldest", "drop_newest"]
 """What a full outbox does with one more frame:
 
 - ``disconnect``: drop everything queued and close the socket with 1013 (try again later);
-- ``drop_oldest``: discard the oldest queued frames until the new one fits;
+- ``drop_oldest``: discard the oldest queued frames until the new one fits (a frame that
+  cannot fit beside a send under way is discarded itself);
 - ``drop_newest``: discard the new frame.
 """
 
@@ -136,6 +141,7 @@ class Outbox:
         "_eager",
         "_failure",
         "_in_flight",
+        "_sending",
         "_start_writer",
         "_wakeup",
         "_detached",
@@ -185,6 +191,9 @@ class Outbox:
         """Whether a frame offered while the writer sleeps is sent at once (see the module doc)."""
         self._context = contextvars.Context()
         self._in_flight: tuple[Generator[Any, Any, None], Any, int] | None = None
+        # The bytes of the frame the writer is sending now: held until its send ends, so that
+        # what waits behind a slow send and the send itself stay within max_bytes together.
+        self._sending = 0
         self._failure: Exception | None = None
         self._detached = False
 
@@ -243,10 +252,11 @@ class Outbox:
         self._detached = True
         self.queue.clear()
         self._bytes = 0
+        self._sending = 0
 
     @property
     def queued_bytes(self) -> int:
-        """Payload bytes waiting now."""
+        """Payload bytes held now: queued, or in a send that has not ended."""
         return self._bytes
 
     def put(self, event: dict[str, Any], size: int) -> bool:
@@ -337,7 +347,9 @@ class Outbox:
         return True
 
     def _make_room(self, size: int) -> bool:
-        if self.policy == "drop_oldest" and size <= self.max_bytes:
+        # A send under way cannot be taken back: its bytes stay held whatever is dropped.
+        under_way = self._sending + (self._in_flight[2] if self._in_flight is not None else 0)
+        if self.policy == "drop_oldest" and under_way + size <= self.max_bytes:
             queue = self.queue
             while queue and (len(queue) >= self.max_messages or self._bytes + size > self.max_bytes):
                 _, dropped_size = queue.popleft()
@@ -347,15 +359,14 @@ class Outbox:
         if self.policy == "disconnect":
             self._drop(len(self.queue) + 1)
             self.queue.clear()
-            # A send the writer is finishing still holds its bytes until it ends.
-            self._bytes = self._in_flight[2] if self._in_flight is not None else 0
+            self._bytes = under_way
             self.overflowed = True
             self.metrics.slow_consumer_disconnects += 1
             self.close(SLOW_CONSUMER_CLOSE, "slow consumer")
             if self.on_overflow is not None:
                 self.on_overflow()
             return False
-        self._drop(1)  # drop_newest, or a frame larger than the whole bound
+        self._drop(1)  # drop_newest, or a frame that cannot fit beside the send under way
         return False
 
     def _drop(self, count: int) -> None:
@@ -421,8 +432,10 @@ class Outbox:
                 metrics.messages_out += 1
             while queue:
                 event, size = queue.popleft()
-                self._bytes -= size
+                self._sending = size
                 await send(event)
+                self._sending = 0
+                self._bytes -= size
                 metrics.messages_out += 1
             if self._close is not None:
                 code, reason = self._close

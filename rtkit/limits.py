@@ -74,7 +74,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_interval: float | None = None
     """Seconds between ``{"type": "heartbeat"}`` frames, for proxies that drop quiet sockets."""
     outbox_max_bytes: int = 1 << 20
-    """Payload bytes queued for one socket at most."""
+    """Payload bytes held for one socket at most: queued, or in a send that has not ended."""
     outbox_max_messages: int = 4096
     """Frames queued for one socket at most."""
     overflow: OverflowPolicy = "disconnect"

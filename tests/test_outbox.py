@@ -516,3 +516,58 @@ async def test_an_outbox_with_eager_off_never_sends_from_the_caller(writer: str)
         await anyio.wait_all_tasks_blocked()
         assert socket.sent == ["1"]
         outbox.close(1000)
+
+
+# -- the bounds count a frame until its send ends -----------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest", "disconnect"])
+async def test_a_frame_the_writer_is_sending_still_counts_against_the_bytes(policy: str) -> None:
+    # eager=False: every frame goes through the writer (as on trio), which is the path that
+    # took a frame's bytes off the count when it started sending it.
+    outbox = Outbox(max_bytes=25, max_messages=100, policy=policy, eager=False)  # type: ignore[arg-type]
+    socket = _Socket(hold="1")
+    async with anyio.create_task_group() as tg:
+        outbox.attach(socket, _Writers(tg, outbox, socket))
+        assert outbox.put(event(1), 10)
+        await anyio.wait_all_tasks_blocked()  # the writer is sending frame 1, held by the peer
+        assert len(outbox) == 0
+        assert outbox.queued_bytes == 10
+        assert outbox.put(event(2), 10)  # 20 of 25
+        taken = outbox.put(event(3), 10)  # 30 of 25: over, whatever the policy does
+        assert outbox.queued_bytes <= 25
+        if policy == "drop_newest":
+            assert not taken
+            assert texts(outbox) == ["2"]
+        elif policy == "drop_oldest":
+            assert taken
+            assert texts(outbox) == ["3"]  # frame 2 made room; frame 1 is under way
+        else:
+            assert not taken
+            assert outbox.overflowed
+            assert outbox.queued_bytes == 10  # frame 1's send has not ended
+        socket.gates[0].set()
+        await anyio.wait_all_tasks_blocked()
+        assert outbox.queued_bytes == 0
+        outbox.close(1000)
+    assert socket.sent[0] == "1"
+
+
+@pytest.mark.anyio
+async def test_drop_oldest_discards_a_frame_that_cannot_fit_beside_the_send_under_way() -> None:
+    outbox = Outbox(max_bytes=25, max_messages=100, policy="drop_oldest", eager=False)
+    socket = _Socket(hold="1")
+    async with anyio.create_task_group() as tg:
+        outbox.attach(socket, _Writers(tg, outbox, socket))
+        outbox.put(event(1), 20)
+        await anyio.wait_all_tasks_blocked()  # frame 1 (20 bytes) is being sent
+        outbox.put(event(2), 5)
+        # 20 under way + 10 > 25 even with the queue empty: the new frame goes, frame 2 stays.
+        assert not outbox.put(event(3), 10)
+        assert texts(outbox) == ["2"]
+        assert outbox.dropped == 1
+        assert outbox.queued_bytes == 25
+        socket.gates[0].set()
+        outbox.close(1000)
+    assert socket.sent == ["1", "2", "websocket.close"]
