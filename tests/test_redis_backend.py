@@ -705,3 +705,36 @@ async def test_the_presence_heartbeat_refreshes_in_batches(
         assert await backend.members("g") == ["user0", "user1", "user2", "user4"]
     finally:
         await backend.shutdown()
+
+
+async def test_a_clean_shutdown_removes_its_members_in_batches(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One round trip per batch, each with the command timeout to itself: a process with many
+    # members must not run out of time after the first few and leave the rest listed.
+    from rtkit.backends import _redis_presence
+
+    monkeypatch.setattr(_redis_presence, "_REFRESH_BATCH", 2)
+    prefix = unique_prefix()
+    leaving, staying = _backend(redis_url, prefix), _backend(redis_url, prefix)
+    await leaving.startup(Recorder())
+    await staying.startup(Recorder())
+    try:
+        for n in range(5):
+            await leaving.join("g", f"m{n}", f"user{n}")
+        await staying.join("g", "s", "stays")
+        presence = leaving._presence
+        assert presence is not None
+        batches: list[list[str]] = []
+        real_leave_many = presence._presence.leave_many
+
+        async def recording(entries: list[tuple[str, str]]) -> None:
+            batches.append([member for _, member in entries])
+            await real_leave_many(entries)
+
+        monkeypatch.setattr(presence._presence, "leave_many", recording)
+        await leaving.shutdown()
+        assert batches == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+        assert await staying.members("g") == ["stays"]
+    finally:
+        await staying.shutdown()

@@ -116,6 +116,14 @@ class Presence:
         """Remove ``member`` from ``group``."""
         await self._leave(keys=self._keys(group)[:3], args=[member])
 
+    async def leave_many(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Remove every ``(group, member)`` in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        async with pipe:
+            for group, member in entries:
+                await self._leave(keys=self._keys(group)[:3], args=[member], client=pipe)
+            await pipe.execute()
+
     async def members(self, group: str) -> list[str]:
         """The names in ``group`` whose deadline has not passed, in join order."""
         names = await self._members(keys=self._keys(group)[:3])
@@ -155,17 +163,27 @@ class PresenceKeeper:
         self._task = asyncio.create_task(self._beat(), name="rtkit.redis.presence")
 
     async def stop(self) -> None:
-        """Stop the heartbeat; remove this process's members now, if Redis answers in time."""
+        """Stop the heartbeat; remove this process's members now, if Redis answers in time.
+
+        ``_REFRESH_BATCH`` members per round trip, each batch with the command timeout to
+        itself, as the heartbeat does: a process with many members must not leave most of
+        them listed for a whole TTL after a clean shutdown. At the first batch Redis does not
+        take, the rest are left to expire.
+        """
         self._task.cancel()
         await asyncio.wait([self._task])
-        with anyio.move_on_after(self._timeout):
-            for group, member in list(self._joined):
+        entries = list(self._joined)
+        self._joined.clear()
+        for start in range(0, len(entries), _REFRESH_BATCH):
+            with anyio.move_on_after(self._timeout) as deadline:
                 try:
-                    await self._presence.leave(group, member)
+                    await self._presence.leave_many(entries[start : start + _REFRESH_BATCH])
                 except _OUTAGES as exc:
                     logger.info("presence left to expire after its TTL: %s", describe(exc))
-                    break
-        self._joined.clear()
+                    return
+            if deadline.cancelled_caught:
+                logger.info("presence left to expire after its TTL: Redis did not answer in time")
+                return
 
     def wake(self) -> None:
         """Refresh now rather than at the next beat."""
