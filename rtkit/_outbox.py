@@ -17,7 +17,9 @@ coroutine at all; when that declines (the socket cannot take it now), the send r
 
 The bounds (``max_bytes``, and ``max_messages`` for what is queued) count a frame until its
 send has ended, not only while it is queued: a slow send and what waits behind it stay within
-``max_bytes`` together.
+``max_bytes`` together. (One rare case can pass the bound, by one frame: an eager send whose
+middleware offers a frame to the same socket and then has to wait; its own frame is counted
+beside the one it queued.)
 """
 
 from __future__ import annotations

@@ -707,16 +707,19 @@ async def test_the_presence_heartbeat_refreshes_in_batches(
         await backend.shutdown()
 
 
-async def test_a_clean_shutdown_removes_its_members_in_batches(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("redis_answers", [True, False])
+async def test_a_clean_shutdown_gives_each_batch_of_leaves_its_own_deadline(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, redis_answers: bool
 ) -> None:
-    # One round trip per batch, each with the command timeout to itself: a process with many
-    # members must not run out of time after the first few and leave the rest listed.
+    # Redis answers each batch in 0.4 s of a 1 s timeout: three batches take longer than one
+    # timeout, and every member must still be gone (under a single deadline for all of them,
+    # the last batch would be cut off and its members stay listed for a whole TTL). When Redis
+    # never answers the second batch, the shutdown gives up there and leaves the rest to expire.
     from rtkit.backends import _redis_presence
 
     monkeypatch.setattr(_redis_presence, "_REFRESH_BATCH", 2)
     prefix = unique_prefix()
-    leaving, staying = _backend(redis_url, prefix), _backend(redis_url, prefix)
+    leaving, staying = _backend(redis_url, prefix, timeout=1.0), _backend(redis_url, prefix)
     await leaving.startup(Recorder())
     await staying.startup(Recorder())
     try:
@@ -728,13 +731,21 @@ async def test_a_clean_shutdown_removes_its_members_in_batches(
         batches: list[list[str]] = []
         real_leave_many = presence._presence.leave_many
 
-        async def recording(entries: list[tuple[str, str]]) -> None:
+        async def slow(entries: list[tuple[str, str]]) -> None:
             batches.append([member for _, member in entries])
+            if len(batches) == 2 and not redis_answers:
+                await anyio.sleep_forever()  # Redis out of reach: the batch's deadline ends it
+            await anyio.sleep(0.4)  # a slow Redis, not a readiness wait
             await real_leave_many(entries)
 
-        monkeypatch.setattr(presence._presence, "leave_many", recording)
-        await leaving.shutdown()
-        assert batches == [["m0", "m1"], ["m2", "m3"], ["m4"]]
-        assert await staying.members("g") == ["stays"]
+        monkeypatch.setattr(presence._presence, "leave_many", slow)
+        with anyio.fail_after(10):
+            await leaving.shutdown()
+        if redis_answers:
+            assert batches == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+            assert await staying.members("g") == ["stays"]
+        else:
+            assert batches == [["m0", "m1"], ["m2", "m3"]]  # the third is not tried
+            assert await staying.members("g") == ["user2", "user3", "user4", "stays"]  # join order
     finally:
         await staying.shutdown()
