@@ -10,7 +10,7 @@ import msgspec
 from benchmarks._results import Measurement, Report, Section, add_ratio
 from benchmarks.e2e.bench import _ratios
 from benchmarks.report import render_markdown, render_svg
-from benchmarks.settings import PROFILES
+from benchmarks.settings import PROFILES, Settings
 
 
 def _section(mine: list[float], theirs: list[float], *, lower: bool = False) -> Section:
@@ -78,15 +78,20 @@ def _echo_run(rates: dict[str, list[float]]) -> Section:
     )
 
 
-def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
-    settings = msgspec.structs.replace(
+def _echo_settings(protocol_extras: tuple[str, ...]) -> Settings:
+    """Echo at 10 connections only, rtkit against raw ASGI and the tutorial."""
+    return msgspec.structs.replace(
         PROFILES["smoke"],
         e2e_contenders=("rtkit", "raw-asgi", "fastapi-tutorial"),
-        protocol_extras=(),  # rtkit's protocol not measured: the targets are on rtkit itself
+        protocol_extras=protocol_extras,
         echo_connections=(10,),
         broadcast_members=(),
         idle_connections=(),
     )
+
+
+def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
+    settings = _echo_settings(protocol_extras=())  # the targets are on rtkit itself
     section = _echo_run(
         {
             "rtkit": [95.0, 90.0, 99.0],
@@ -113,14 +118,7 @@ def test_the_tutorial_target_carries_the_floors_own_ratio() -> None:
 
 
 def test_with_rtkits_protocol_measured_the_targets_are_on_it_alone() -> None:
-    settings = msgspec.structs.replace(
-        PROFILES["smoke"],
-        e2e_contenders=("rtkit", "raw-asgi", "fastapi-tutorial"),
-        protocol_extras=("rtkit-fast", "raw-asgi-fast"),
-        echo_connections=(10,),
-        broadcast_members=(),
-        idle_connections=(),
-    )
+    settings = _echo_settings(protocol_extras=("rtkit-fast", "raw-asgi-fast"))
     section = _echo_run(
         {
             "rtkit": [85.0, 86.0, 84.0],
