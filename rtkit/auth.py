@@ -108,14 +108,16 @@ def _jwt() -> Any:
     try:
         import jwt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigurationError("JWT authentication needs PyJWT: pip install 'rtkit[jwt]'") from exc
+        raise ConfigurationError(
+            "JWT authentication needs PyJWT, a dependency of rtkit: pip install 'pyjwt>=2.8'"
+        ) from exc
     return jwt
 
 
 class JWTAuthenticator(Authenticator):
     """Accepts HS256 JWT bearer tokens signed with ``secret`` whose ``exp`` has not passed.
 
-    Needs the ``rtkit[jwt]`` extra (PyJWT). Tokens must carry ``sub`` and ``exp``.
+    Tokens must carry ``sub`` and ``exp``; PyJWT (a dependency of rtkit) checks them.
 
     A token from a cookie is one the browser sends by itself, whichever page opens the
     socket: it is taken only from a page of the server's own origin (or of
