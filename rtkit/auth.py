@@ -1,10 +1,11 @@
 """Authentication at connect: turning a handshake into a principal, or refusing it.
 
 An endpoint with an ``authenticator`` calls it before ``on_connect``; ``None`` refuses the
-socket before accept (HTTP 403). Credentials are looked for, in order, in the
-``Authorization: Bearer`` header, the ``Sec-WebSocket-Protocol`` pair that browsers can send
-(``new WebSocket(url, ["rtkit.bearer", token])``), a ``token`` cookie and a ``?token=`` query
-parameter; ``bearer_token`` does the looking.
+socket before accept (HTTP 403), and so does ``HandshakeRefusedError``, with its reason.
+Credentials are looked for, in order, in the ``Authorization: Bearer`` header, the
+``Sec-WebSocket-Protocol`` pair that browsers can send (``new WebSocket(url, ["rtkit.bearer",
+token])``), a ``token`` cookie and a ``?token=`` query parameter; ``bearer_token`` does the
+looking.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 from starlette.requests import HTTPConnection
 
-from rtkit.errors import ConfigurationError
+from rtkit.errors import ConfigurationError, HandshakeRefusedError
 
 __all__ = [
     "BEARER_SUBPROTOCOL",
@@ -89,7 +90,11 @@ class Authenticator(ABC):
 
     @abstractmethod
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
-        """The principal the handshake proves, or None to refuse the socket (HTTP 403)."""
+        """The principal the handshake proves, or None to refuse the socket (HTTP 403).
+
+        Raise ``HandshakeRefusedError("why")`` instead of returning None to tell the client
+        and the log why (``"token expired"``); never put the credential itself in the reason.
+        """
 
 
 MIN_SECRET_BYTES: Final = 32
@@ -151,9 +156,9 @@ class JWTAuthenticator(Authenticator):
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
         token, source = _find_token(connection)
         if token is None:
-            return None
+            raise HandshakeRefusedError("missing token")
         if source == "cookie" and not same_origin(connection, self.allowed_origins):
-            return None
+            raise HandshakeRefusedError("a token cookie is not taken from another site's page")
         try:
             claims = self._jwt.decode(
                 token,
@@ -163,8 +168,10 @@ class JWTAuthenticator(Authenticator):
                 leeway=self.leeway,
                 options={"require": ["exp", "sub"]},
             )
+        except self._jwt.ExpiredSignatureError:
+            raise HandshakeRefusedError("token expired") from None
         except self._jwt.InvalidTokenError:
-            return None
+            raise HandshakeRefusedError("invalid token") from None
         return Principal(id=str(claims["sub"]), claims=claims)
 
 

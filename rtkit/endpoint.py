@@ -3,8 +3,9 @@
 One instance serves one connection, as in Starlette. The life of a connection:
 
 1. admission, before accept: the handshake's path and query parameters are converted to
-   ``params_type``; the ``authenticator`` turns the handshake into ``self.principal``; the
-   connection caps are checked. A refusal never reaches user code (HTTP 403 or 503);
+   ``params_type``; the ``authenticator`` turns the handshake into ``self.principal``;
+   ``on_handshake`` checks what else it likes; the connection caps are checked. A refusal
+   answers HTTP 403 or 503 with its reason as the body, and logs one WARNING line;
 2. ``on_connect`` runs; the default accepts, choosing MessagePack when the client offers the
    ``rtkit.msgpack`` subprotocol; returning without accepting refuses the socket;
 3. the receive loop, in a task of its own, guards each frame (size, rate), decodes it to
@@ -29,7 +30,7 @@ import time
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
 
 import anyio
 import msgspec
@@ -39,6 +40,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from rtkit._inbox import Inbox
+from rtkit._line_budget import LineBudget
 from rtkit._outbox import Outbox
 from rtkit._passthrough import unwrap_send
 from rtkit._types import Message, Receive, Scope, Send
@@ -53,7 +55,12 @@ from rtkit.codec import (
     encode,
     encode_json,
 )
-from rtkit.errors import BackendUnavailableError, ConfigurationError, NoMessagePackFormError
+from rtkit.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    HandshakeRefusedError,
+    NoMessagePackFormError,
+)
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
 from rtkit.limits import Limits, TokenBucket
@@ -92,6 +99,37 @@ _CLEANUP_TIMEOUT = 5.0
 # recursion limit (a few kilobytes of brackets) is bad input like any other.
 _UNDECODABLE = (msgspec.DecodeError, RecursionError)
 _DENIAL_EXTENSION = "websocket.http.response"
+# Every refusal is logged, up to this many lines a second; a flood of refused peers is summed
+# up in the next line written instead of flooding the log.
+_REFUSAL_LINES = LineBudget(per_second=20)
+
+
+class Refusal(NamedTuple):
+    """Why a handshake is turned away before accept, and how."""
+
+    why: str
+    """The label ``hub.metrics.refused`` counts it under (``params``, ``auth``, ``capacity``...)."""
+    status: int
+    """The HTTP status of the denial response."""
+    reason: str
+    """Plain words for the peer and the log (the denial's body); never a secret."""
+
+    @property
+    def code(self) -> int:
+        """The close code for a server that cannot send an HTTP response."""
+        return HandshakeRefusedError(self.reason, status=self.status).code
+
+    def response(self, retry_after: int) -> PlainTextResponse:
+        """The HTTP denial: the reason as its body, and when to retry a 503."""
+        retry = {"Retry-After": str(retry_after)} if self.status == 503 else None
+        return PlainTextResponse(self.reason, self.status, headers=retry)
+
+
+def _status_for(code: int) -> int:
+    """The HTTP status of a refusal that ``on_connect`` made by closing with ``code``."""
+    if code == 1013:
+        return 503
+    return 500 if code == 1011 else 403
 
 
 def _union_members(tp: Any) -> tuple[Any, ...]:
@@ -270,6 +308,15 @@ class RealtimeEndpoint(WebSocketEndpoint):
         still read ``hub.channels_of(self)`` here.
         """
 
+    async def on_handshake(self, websocket: WebSocket) -> None:
+        """Check the handshake before accept; raise ``HandshakeRefusedError`` to refuse it.
+
+        Runs after the parameters and the authenticator, before the connection caps and
+        ``on_connect``. A plain HTTP GET of the route runs it too (the router answers what a
+        handshake would get), so it must only read and check, never join or publish. The
+        default accepts everything.
+        """
+
     async def on_authorize(self, action: Action, name: str) -> bool:
         """May ``self.principal`` ``subscribe`` to, ``publish`` on or ``join`` ``name``?
 
@@ -365,11 +412,16 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self.send_frame(Frame(encode(ErrorFrame(code=code, detail=detail, ref=ref))))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection after the frames already queued have been sent."""
+        """Close the connection after the frames already queued have been sent.
+
+        Before accept (in ``on_connect``) it refuses the handshake: HTTP 403 (503 for 1013,
+        500 for 1011) with ``reason`` as the body, where the server can send one.
+        """
         if self.websocket.application_state == WebSocketState.CONNECTING:
             self._refused_with = code
-            with contextlib.suppress(*_PEER_GONE):  # a peer that has gone needs no refusal
-                await self.websocket.close(code, reason)
+            refusal = Refusal("on_connect", _status_for(code), reason or "refused by the server")
+            self._log_refusal(refusal)
+            await self._deny(refusal, code)
         else:
             self._request_close(code, reason)
 
@@ -404,12 +456,18 @@ class RealtimeEndpoint(WebSocketEndpoint):
             except WebSocketDisconnect as exc:
                 close_code = exc.code  # the peer left during the handshake
                 return
+            except HandshakeRefusedError as exc:
+                if websocket.application_state != WebSocketState.CONNECTING:
+                    # Accepted already: too late to refuse, a mistake in on_connect.
+                    close_code = await self._fail("on_connect", exc)
+                    return
+                await self.close(exc.code, exc.reason)
             except Exception:
                 close_code = await self._fail("on_connect")
                 return
             if websocket.application_state != WebSocketState.CONNECTED:
                 if websocket.application_state == WebSocketState.CONNECTING:
-                    await self.close(1008)  # refused: uvicorn answers HTTP 403
+                    await self.close(1008, "refused by the server")  # on_connect did not accept
                 self.metrics.refused["on_connect"] += 1
                 close_code = self._refused_with if self._refused_with is not None else 1008
                 return
@@ -420,47 +478,97 @@ class RealtimeEndpoint(WebSocketEndpoint):
             await self._cleanup(websocket, close_code)
 
     async def _admit(self, websocket: WebSocket) -> bool:
-        """Parameters, authentication and connection caps, before accept."""
+        """Parameters, authentication, ``on_handshake`` and connection caps, before accept."""
+        refusal = await self.admission_refusal(websocket)
+        if refusal is not None:
+            return await self._refuse(refusal)
+        metrics = self.metrics
+        per_principal = self.limits.max_connections_per_principal
+        if self.principal is not None and per_principal is not None:
+            metrics.open_by_principal[self.principal.id] += 1
+            # Given back under this name at cleanup, whatever self.principal is by then.
+            self._counted_principal = self.principal.id
+        metrics.connections_open += 1
+        self._admitted = True
+        return True
+
+    async def admission_refusal(self, websocket: WebSocket) -> Refusal | None:
+        """Why the handshake would be refused before accept, or None; counts nothing.
+
+        Sets ``self.params`` and ``self.principal`` on the way. The router also runs it for a
+        plain HTTP GET of the route, to say what a handshake would get.
+        """
         if self.params_type is not None:
             raw = {**websocket.query_params, **websocket.path_params}
             try:
                 self.params = msgspec.convert(raw, self.params_type, strict=False)
             except msgspec.ValidationError as exc:
-                return await self._refuse("params", 403, 1008, f"invalid parameters: {exc}")
+                return Refusal("params", 403, f"invalid parameters: {exc}")
         if self.authenticator is not None:
             try:
                 self.principal = await self.authenticator.authenticate(websocket)
+            except HandshakeRefusedError as exc:
+                return Refusal("auth", exc.status, exc.reason)
             except Exception:
                 logger.exception("%s: the authenticator failed; refusing the socket", type(self).__name__)
-                return await self._refuse("auth_error", 500, 1011, "authentication failed")
+                return Refusal("auth_error", 500, "authentication failed")
             if self.principal is None:
-                return await self._refuse("auth", 403, 1008, "not authenticated")
+                return Refusal("auth", 403, "not authenticated")
+        try:
+            await self.on_handshake(websocket)
+        except HandshakeRefusedError as exc:
+            return Refusal("handshake", exc.status, exc.reason)
+        except Exception:
+            logger.exception("%s: unhandled exception in on_handshake; refusing it", type(self).__name__)
+            return Refusal("handshake_error", 500, "server error")
         limits, metrics = self.limits, self.metrics
         if limits.max_connections is not None and metrics.connections_open >= limits.max_connections:
-            return await self._refuse("capacity", 503, 1013, "server at capacity")
-        principal = self.principal.id if self.principal is not None else None
+            return Refusal("capacity", 503, "server at capacity")
         per_principal = limits.max_connections_per_principal
-        if principal is not None and per_principal is not None:
-            if metrics.open_by_principal[principal] >= per_principal:
-                return await self._refuse("principal_capacity", 503, 1013, "too many connections")
-            metrics.open_by_principal[principal] += 1
-            # Given back under this name at cleanup, whatever self.principal is by then.
-            self._counted_principal = principal
-        metrics.connections_open += 1
-        self._admitted = True
-        return True
+        principal = self.principal.id if self.principal is not None else None
+        if (
+            principal is not None
+            and per_principal is not None
+            and (metrics.open_by_principal[principal] >= per_principal)
+        ):
+            return Refusal("principal_capacity", 503, "too many connections for this principal")
+        return None
 
-    async def _refuse(self, why: str, status: int, code: int, reason: str) -> bool:
-        """Refuse the handshake: an HTTP response where the server allows one, else a close."""
-        self.metrics.refused[why] += 1
+    async def _refuse(self, refusal: Refusal) -> bool:
+        """Count, log and answer a refusal before accept."""
+        self.metrics.refused[refusal.why] += 1
+        self._log_refusal(refusal)
+        await self._deny(refusal, refusal.code)
+        return False
+
+    def _log_refusal(self, refusal: Refusal) -> None:
+        held_back = _REFUSAL_LINES.take(time.monotonic())
+        if held_back is None:
+            return
+        scope = self.websocket.scope
+        client = scope.get("client")
+        peer = f"{client[0]}:{client[1]}" if client else "a peer"
+        # The path only: a query string may hold a token.
+        path = scope.get("path", "")
+        more = f" ({held_back} more refusals not logged)" if held_back else ""
+        logger.warning(
+            "%s refused %s on %s: HTTP %d, %s%s",
+            type(self).__name__,
+            peer,
+            path,
+            refusal.status,
+            refusal.reason,
+            more,
+        )
+
+    async def _deny(self, refusal: Refusal, code: int) -> None:
+        """An HTTP response with the reason where the server allows one, else a close."""
         websocket = self.websocket
         with contextlib.suppress(*_PEER_GONE):  # a peer that has gone needs no refusal
             if _DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
-                headers = {"Retry-After": str(self.limits.retry_after)} if status == 503 else None
-                await websocket.send_denial_response(PlainTextResponse(reason, status, headers=headers))
+                await websocket.send_denial_response(refusal.response(self.limits.retry_after))
             else:
-                await websocket.close(code, reason)
-        return False
+                await websocket.close(code, refusal.reason)
 
     # -- the connection's life --------------------------------------------------------------
 
@@ -738,7 +846,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
     async def _unavailable(self, websocket: WebSocket) -> int:
         """Turn away a connection the backend cannot serve now: 503, or close 1013."""
         if websocket.application_state == WebSocketState.CONNECTING:
-            await self._refuse("unavailable", 503, 1013, "backend unavailable")
+            await self._refuse(Refusal("unavailable", 503, "backend unavailable"))
         elif self._sent_close is None:
             with contextlib.suppress(OSError, RuntimeError):
                 await self.send({"type": "websocket.close", "code": 1013, "reason": "backend unavailable"})

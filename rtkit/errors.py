@@ -5,6 +5,7 @@ RtkitError
 ├── ConfigurationError      an endpoint, router or hub is declared or wired wrongly
 ├── NotStartedError         a hub or backend was used before ``startup()`` (or after ``shutdown()``)
 ├── NoMessagePackFormError  a message cannot be sent to a MessagePack connection
+├── HandshakeRefusedError   raised by an authenticator or hook to refuse a handshake, with why
 └── BackendError            the backend could not do what was asked
     └── BackendUnavailableError   the backend's server is out of reach right now
 ```
@@ -19,6 +20,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "ConfigurationError",
+    "HandshakeRefusedError",
     "NoMessagePackFormError",
     "NotStartedError",
     "RtkitError",
@@ -40,6 +42,33 @@ class NotStartedError(RtkitError, RuntimeError):
 class NoMessagePackFormError(RtkitError, ValueError):
     """A JSON message holds a value MessagePack cannot (an integer beyond 64 bits, a number
     out of a double's range), so a MessagePack connection cannot be sent it."""
+
+
+class HandshakeRefusedError(RtkitError):
+    """Refuses a WebSocket handshake before accept, saying why.
+
+    Raise it from an ``Authenticator``, ``on_handshake`` or ``on_connect`` (before accepting).
+    The client gets an HTTP ``status`` response whose body is ``reason`` (or a close with
+    ``code`` on a server without denial responses), and the log one WARNING line. The reason
+    reaches the peer: plain words, never a secret or a token.
+
+    Args:
+        reason: why, in plain words (``"invalid token"``).
+        status: the HTTP status: 403 by default, 503 for "try again later".
+    """
+
+    def __init__(self, reason: str, *, status: int = 403) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+    @property
+    def code(self) -> int:
+        """The close code for a server that cannot send an HTTP response: 1013 for a 503,
+        1011 for another 5xx, 1008 otherwise."""
+        if self.status == 503:
+            return 1013
+        return 1011 if self.status >= 500 else 1008
 
 
 class BackendError(RtkitError):

@@ -4,19 +4,26 @@ A mounted Starlette or FastAPI sub-application never receives lifespan events, s
 cannot start its hub by itself when it is mounted: hand its lifespan to the host application
 (``lifespan=router.lifespan``), include it in FastAPI with ``include_router`` (FastAPI merges
 the lifespan of included routers), or enter ``async with router:`` in a lifespan of your own.
+
+Each WebSocket route also answers a plain HTTP ``GET`` with what a handshake would get: 426
+Upgrade Required when it would be admitted, else the refusal's status and reason. A browser
+hides a refused handshake's response from scripts; a page (the demo's does) or ``curl`` can
+learn the reason this way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from starlette.routing import BaseRoute, Match, Router, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Match, Route, Router, WebSocketRoute
 
-from rtkit._types import Receive, Scope, Send
+from rtkit._types import Message, Receive, Scope, Send
 from rtkit.auth import Authenticator
 from rtkit.endpoint import RealtimeEndpoint
 from rtkit.errors import ConfigurationError
@@ -72,7 +79,9 @@ class RealtimeRouter:
                 f"RealtimeRouter.add() takes a RealtimeEndpoint subclass, got {endpoint!r}"
             )
         app = functools.partial(endpoint, hub=self.hub, limits=limits, authenticator=authenticator)
-        self._routes.append(WebSocketRoute(path, app, name=name or endpoint.__name__))
+        name = name or endpoint.__name__
+        self._routes.append(WebSocketRoute(path, app, name=name))
+        self._routes.append(Route(path, _probe(app), methods=["GET"], name=f"{name}:probe"))
         self._app = None
 
     def websocket(
@@ -155,5 +164,38 @@ class RealtimeRouter:
         for route in self._routes:
             if prefix and isinstance(route, WebSocketRoute):
                 route = WebSocketRoute(prefix + route.path, route.endpoint, name=route.name)
+            elif prefix and isinstance(route, Route):
+                route = Route(prefix + route.path, route.endpoint, methods=["GET"], name=route.name)
             api.routes.append(route)
         return api
+
+
+def _probe(factory: Callable[..., RealtimeEndpoint]) -> Callable[[Request], Awaitable[Response]]:
+    """An HTTP GET handler that answers what a WebSocket handshake on the route would get."""
+
+    async def probe(request: Request) -> Response:
+        offered = request.headers.get("sec-websocket-protocol", "")
+        scope = {
+            **request.scope,
+            "type": "websocket",
+            "subprotocols": [part.strip() for part in offered.split(",") if part.strip()],
+            "extensions": {},
+        }
+
+        async def nothing_to_receive() -> Message:  # admission reads no message
+            return {"type": "websocket.disconnect", "code": 1006}
+
+        async def nothing_to_send(message: Message) -> None:  # pragma: no cover - never called
+            raise RuntimeError("a handshake probe sends nothing")
+
+        endpoint = factory(scope, nothing_to_receive, nothing_to_send)
+        refusal = await endpoint.admission_refusal(endpoint.websocket)
+        if refusal is None:
+            return PlainTextResponse(
+                "a WebSocket handshake here would be accepted: connect with a WebSocket client",
+                426,
+                headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+            )
+        return refusal.response(endpoint.limits.retry_after)
+
+    return probe

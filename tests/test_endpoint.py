@@ -275,9 +275,10 @@ def test_parameters_of_the_wrong_type_refuse_the_socket(client: TestClient) -> N
 
 
 def test_on_connect_without_accept_refuses_and_on_disconnect_still_runs(client: TestClient) -> None:
-    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/refuse"):
+    # The server supports denial responses: the refusal is an HTTP 403 that says so.
+    with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/refuse"):
         pass
-    assert refused.value.code == 1008
+    assert (refused.value.status_code, refused.value.text) == (403, "refused by the server")
     assert events == [("refused", None), ("disconnect", 1008)]
 
 

@@ -188,7 +188,7 @@ async def test_a_refusal_to_a_peer_that_has_gone_is_not_an_error(caplog: pytest.
             await ChatEndpoint(scope(query=b"name=" + b"n" * 100, room="x"), _connect, _gone, hub=hub)
         assert caplog.records == []
         assert hub.metrics.refused["auth"] == 1
-        assert hub.metrics.refused["on_connect"] == 1
+        assert hub.metrics.refused["handshake"] == 1
         assert hub.metrics.closes[1011] == 0
 
 

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from anyio.from_thread import BlockingPortal
 from starlette.applications import Starlette
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtkit import ChatEndpoint, EchoEndpoint, Hub, MemoryBackend, RealtimeRouter, TopicEndpoint
@@ -119,12 +119,16 @@ def test_guest_names_and_the_name_limit(client: TestClient) -> None:
         welcome = guest.receive_json()
         assert welcome["user"].startswith("guest-")
         assert len(welcome["user"]) == 12
+    # Refused before accept with the reason in the HTTP denial's body.
     with (
-        pytest.raises(WebSocketDisconnect) as refused,
+        pytest.raises(WebSocketDenialResponse) as refused,
         client.websocket_connect(f"/chat/lobby?name={'x' * 65}"),
     ):
         pass
-    assert (refused.value.code, refused.value.reason) == (1008, "name too long")
+    assert (refused.value.status_code, refused.value.text) == (
+        403,
+        "name too long: at most 64 characters",
+    )
 
 
 def test_a_subclass_can_stop_echoing_to_the_sender(client: TestClient) -> None:

@@ -151,7 +151,8 @@ def test_the_decorator_form_names_the_route() -> None:
     class MyEcho(EchoEndpoint):
         pass
 
-    assert [getattr(route, "name", None) for route in router.routes] == ["echo"]
+    # The WebSocket route, and its plain HTTP GET that says what a handshake would get.
+    assert [getattr(route, "name", None) for route in router.routes] == ["echo", "echo:probe"]
     with TestClient(router) as client, client.websocket_connect("/e") as ws:
         ws.send_text("d")
         assert ws.receive_text() == "d"

@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket
 from rtkit.channels import room_channel, room_group
 from rtkit.codec import encode
 from rtkit.endpoint import RealtimeEndpoint
+from rtkit.errors import HandshakeRefusedError
 from rtkit.frame import Frame
 from rtkit.limits import topic_name_error
 from rtkit.messages import ChatInbound, Gap, Joined, Left, Message, Said, Say, Welcome
@@ -30,8 +31,9 @@ class ChatEndpoint(RealtimeEndpoint):
     A client may see ``joined`` for a member already listed in its ``welcome`` when both join
     at the same moment; treat the member list as a set.
 
-    A room name that breaks the topic name rule (``rtkit.limits.TOPIC_NAME_RULE``) refuses the
-    socket before accept (HTTP 403). ``on_authorize("join", room)`` returning False answers an
+    A room name that breaks the topic name rule (``rtkit.limits.TOPIC_NAME_RULE``) or a name
+    longer than ``max_name_length`` refuses the socket before accept (HTTP 403, the reason in
+    the body). ``on_authorize("join", room)`` returning False answers an
     error frame ``forbidden``: the connection stays open, outside the room, and every ``say``
     is refused the same way.
     """
@@ -59,16 +61,18 @@ class ChatEndpoint(RealtimeEndpoint):
         name = websocket.query_params.get("name", "").strip()
         return name or f"guest-{secrets.token_hex(3)}"
 
-    async def on_connect(self, websocket: WebSocket) -> None:
-        """Accept, then join the room (refuses names longer than ``max_name_length``)."""
+    async def on_handshake(self, websocket: WebSocket) -> None:
+        """Read the room and the name; refuse a name too long or a room name against the rule."""
         self.room = self.room_name(websocket)
         self.user = self.user_name(websocket)
         if len(self.user) > self.max_name_length:
-            await self.close(1008, "name too long")
-            return
-        if topic_name_error(self.room) is not None:
-            await self.close(1008, "invalid room name")
-            return
+            raise HandshakeRefusedError(f"name too long: at most {self.max_name_length} characters")
+        problem = topic_name_error(self.room)
+        if problem is not None:
+            raise HandshakeRefusedError(f"room {problem}")
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        """Accept, then join the room (``on_handshake`` has read and checked its name)."""
         await self.accept()
         if await self.on_authorize("join", self.room):
             await self.join_room()
