@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import get_args
+from typing import Any, get_args
 
 import msgspec
 
@@ -13,7 +14,7 @@ import rtkit
 from rtkit._outbox import OverflowPolicy
 from rtkit.limits import Limits
 
-__all__ = ["build_parser", "limits_from", "main"]
+__all__ = ["LOG_FORMAT", "build_parser", "limits_from", "log_config", "main"]
 
 WS_IMPLEMENTATIONS = ("rtkit", "auto", "websockets-sansio", "websockets", "wsproto")
 _FAST_PROTOCOL = "rtkit.uvicorn_protocol:FastWebSocketProtocol"
@@ -32,6 +33,43 @@ def _ws_protocol(choice: str | None) -> str:
             build_parser().error(f"--ws rtkit: {exc}")
         return "auto"
     return _FAST_PROTOCOL
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one worth showing: not None, not a bare switch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action, argparse._StoreConstAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+"""Every line of ``rtkit serve``'s log: a timestamp, a level, the logger, the message."""
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """The logging configuration of ``rtkit serve`` (``logging.config.dictConfig``'s schema).
+
+    One handler on the root logger formats every line, uvicorn's, rtkit's and any library's,
+    with its time and level, and a traceback follows the ERROR line it belongs to. ``level``
+    applies to uvicorn's and rtkit's loggers; other libraries say only WARNING and above.
+    """
+    upper = level.upper()
+    others = upper if logging.getLevelName(upper) >= logging.WARNING else "WARNING"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT, "datefmt": "%Y-%m-%d %H:%M:%S"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+        },
+        "root": {"handlers": ["stderr"], "level": others},
+        "loggers": {
+            name: {"level": upper, "handlers": [], "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "rtkit")
+        },
+    }
 
 
 def _off_if_zero(value: float) -> float | None:
@@ -141,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the demo app (chat, topics, tasks) on uvicorn",
         description="Run the demo app: open http://HOST:PORT/ in a browser.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port to bind (0: any free one)")
@@ -156,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ws-per-message-deflate",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,  # off; None keeps argparse from adding "(default: False)" to the help
         help="offer permessage-deflate; off by default: on small frames it costs more CPU and "
         "memory per socket than it saves",
     )
@@ -164,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
         default="info",
-        help="log level",
+        help="level of uvicorn's and rtkit's log lines (other libraries log warnings and above)",
     )
     serve.add_argument("--task-limit", type=_at_least_one, default=1000, help="how many tasks the demo keeps")
     serve.add_argument(
@@ -191,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token",
         help="print a signed HS256 JWT for the demo's secured route",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     token.add_argument(
         "--secret",
@@ -256,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 and not args.redis_url:
         build_parser().error("--workers above 1 needs --redis-url: each worker is a process of its own")
     args.jwt_secret = _jwt_secret(args.jwt_secret, "--jwt-secret")
+    if args.redis_url:
+        try:
+            import rtkit.backends.redis  # noqa: F401  # the redis extra
+        except ImportError:
+            build_parser().error("--redis-url needs the redis extra: pip install 'rtkit[redis]'")
     ws = _ws_protocol(args.ws)
     import uvicorn
 
@@ -278,9 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         workers=args.workers,
         ws=ws,
-        ws_per_message_deflate=args.ws_per_message_deflate,
+        ws_per_message_deflate=bool(args.ws_per_message_deflate),
         # uvicorn refuses larger frames itself, before buffering them, with the same 1009.
         ws_max_size=limits.max_message_bytes,
         log_level=args.log_level,
+        log_config=log_config(args.log_level),
     )
     return 0

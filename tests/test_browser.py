@@ -398,3 +398,21 @@ def test_a_second_member_of_a_listed_name_is_counted(browser: Browser, server: L
             expect(members).to_have_text(["alice", "bob"], timeout=WAIT_MS)  # the first bob stays
         finally:
             context.close()
+
+
+def test_a_refused_join_shows_the_servers_reason(browser: Browser) -> None:
+    # One connection at most: the page's live task list holds it, so joining a room is refused.
+    settings = DemoSettings(limits=Limits(max_connections=1))
+    with LiveServer(create_app(settings=settings)) as server:
+        context, page = _open(browser, server.http_url("/"))
+        try:
+            expect(page.get_by_test_id("tasks-status")).to_have_text("live", timeout=WAIT_MS)
+            page.get_by_test_id("chat-room").fill("lobby")
+            page.get_by_test_id("chat-join").click()
+            notice = page.get_by_test_id("chat-error-text")
+            expect(notice).to_have_text(
+                "Could not join lobby: refused (HTTP 503: server at capacity).", timeout=WAIT_MS
+            )
+            expect(page.get_by_test_id("chat-status")).to_have_text("disconnected")
+        finally:
+            context.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,10 +14,11 @@ import jwt
 import msgspec
 import pytest
 from starlette.testclient import TestClient
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as sync_connect
 
 from rtkit import __version__
-from rtkit.cli import _ws_protocol, build_parser, limits_from, main
+from rtkit.cli import _ws_protocol, build_parser, limits_from, log_config, main
 from rtkit.demo.app import DemoSettings, create_app
 
 
@@ -39,7 +41,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_defaults_keep_deflate_off() -> None:
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.ws, args.ws_per_message_deflate) == ("127.0.0.1", 8000, None, False)
+    # None: not asked for, so off (a False default would print "(default: False)" in --help).
+    assert (args.host, args.port, args.ws, args.ws_per_message_deflate) == ("127.0.0.1", 8000, None, None)
+
+
+def test_serve_help_shows_only_defaults_worth_reading(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert "(default: None)" not in text
+    assert "(default: False)" not in text
+    assert "(default: 127.0.0.1)" in text
+    assert "(default: 10000)" in text
 
 
 def test_serve_runs_on_rtkits_fast_protocol_unless_told_otherwise() -> None:
@@ -120,6 +133,7 @@ def test_rtkit_serve_runs_the_demo() -> None:
     try:
         assert process.stderr is not None
         started = threading.Event()
+        refusal_logged = threading.Event()
         log: list[str] = []
 
         def watch() -> None:
@@ -128,6 +142,8 @@ def test_rtkit_serve_runs_the_demo() -> None:
                 log.append(line)
                 if "Uvicorn running on" in line:
                     started.set()
+                if " WARNING rtkit: " in line:
+                    refusal_logged.set()
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -140,6 +156,18 @@ def test_rtkit_serve_runs_the_demo() -> None:
         with sync_connect(f"ws://127.0.0.1:{port}/ws/echo", open_timeout=10) as ws:
             ws.send('{"type":"say","text":"hello"}')
             assert ws.recv(timeout=10) == '{"type":"say","text":"hello"}'
+        # A refusal: the client reads why, and the log says it in one WARNING line.
+        with pytest.raises(InvalidStatus) as refused:
+            sync_connect(f"ws://127.0.0.1:{port}/ws/chat/lobby?name={'x' * 65}", open_timeout=10)
+        assert refused.value.response.body == b"name too long: at most 64 characters"
+        refusal_logged.wait(10)
+        # Every line has its time and level; rtkit's own INFO lines are shown.
+        assert all(LOG_LINE.match(line) for line in log), "".join(log)
+        assert any(" INFO rtkit.demo: " in line for line in log), "".join(log)
+        warnings = [line for line in log if " WARNING rtkit: " in line]
+        assert len(warnings) == 1, "".join(log)
+        assert "refused" in warnings[0]
+        assert "name too long" in warnings[0]
     finally:
         process.terminate()
         process.wait(20)
@@ -147,6 +175,61 @@ def test_rtkit_serve_runs_the_demo() -> None:
             watcher.join(5)
         if process.stderr is not None:
             process.stderr.close()
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
+
+
+def test_an_unreachable_redis_at_start_is_one_line_and_a_failed_exit() -> None:
+    pytest.importorskip("redis", reason="the redis extra is not installed")
+    done = subprocess.run(
+        [sys.executable, "-m", "rtkit", "serve", "--port", "0", "--redis-url", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.splitlines()
+    assert all(LOG_LINE.match(line) for line in lines), done.stderr
+    errors = [line for line in lines if " ERROR " in line]
+    assert "cannot start the demo: cannot reach Redis" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_redis_url_without_the_redis_extra_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "rtkit.backends.redis", None)  # as if redis were not installed
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--redis-url", "redis://127.0.0.1:6379/0"])
+    assert exited.value.code == 2
+    assert "pip install 'rtkit[redis]'" in capsys.readouterr().err
+
+
+def test_the_log_puts_a_traceback_under_its_error_line_and_applies_the_level() -> None:
+    program = (
+        "import logging, logging.config\n"
+        "from rtkit.cli import log_config\n"
+        "logging.config.dictConfig(log_config('warning'))\n"
+        "logging.getLogger('rtkit').info('hidden at warning')\n"
+        "logging.getLogger('some.library').warning('a library warns')\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    logging.getLogger('rtkit').exception('a handler failed')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.splitlines()
+    assert LOG_LINE.match(lines[0])
+    assert lines[0].endswith(" WARNING some.library: a library warns")
+    assert LOG_LINE.match(lines[1])
+    assert lines[1].endswith(" ERROR rtkit: a handler failed")
+    assert lines[2] == "Traceback (most recent call last):"
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+    assert "hidden at warning" not in done.stderr
 
 
 def test_a_jwt_secret_that_is_not_text_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,4 +319,6 @@ def test_serve_takes_the_redis_url_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv(SETTINGS_ENV, "")  # restored (unset) after the test: main() sets it
     assert main(["serve", "--workers", "2"]) == 0  # not refused: the URL came from the environment
     assert ran[0]["workers"] == 2
+    assert ran[0]["ws_per_message_deflate"] is False
+    assert ran[0]["log_config"] == log_config("info")
     assert msgspec.json.decode(os.environ[SETTINGS_ENV])["redis_url"] == "redis://127.0.0.1:6379/5"

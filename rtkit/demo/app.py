@@ -15,11 +15,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from rtkit._types import ASGIApp, Message, Receive, Scope, Send
 from rtkit.auth import JWTAuthenticator
 from rtkit.channels import topic_channel
 from rtkit.demo.secure import DemoTopicEndpoint, SecureTopicEndpoint
 from rtkit.demo.tasks import TASKS_TOPIC, TaskStore, TaskViews
-from rtkit.errors import ConfigurationError
+from rtkit.errors import BackendError, ConfigurationError
 from rtkit.handlers import ChatEndpoint, EchoEndpoint
 from rtkit.hub import Hub
 from rtkit.limits import Limits
@@ -126,7 +127,13 @@ def create_app(*, hub: Hub | None = None, settings: DemoSettings | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with router:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(router)
+            except BackendError as exc:
+                # Said in one line by _StartupFailureInOneLine, rather than as a traceback.
+                app.state.startup_error = f"cannot start the demo: {exc}"
+                raise
             await router.hub.subscribe(topic_channel(TASKS_TOPIC), store)
             yield
 
@@ -145,11 +152,35 @@ def create_app(*, hub: Hub | None = None, settings: DemoSettings | None = None) 
     return app
 
 
-def app_from_environment() -> Starlette:
+class _StartupFailureInOneLine:
+    """Reports a backend out of reach at startup as one line, not as a traceback.
+
+    Starlette reports a failed lifespan with the whole traceback as its message, which uvicorn
+    logs; a server that cannot reach Redis deserves one line saying so, then its exit.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_short(message: Message) -> None:
+            reason = getattr(self.app.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and reason:
+                message = {**message, "message": reason}
+            await send(message)
+
+        await self.app(scope, receive, send_short)
+
+
+def app_from_environment() -> ASGIApp:
     """The demo app configured by ``RTKIT_DEMO_SETTINGS`` (JSON ``DemoSettings``).
 
     ``rtkit serve`` runs every worker process through this factory.
     """
     raw = os.environ.get(SETTINGS_ENV)
     settings = msgspec.json.decode(raw, type=DemoSettings) if raw else DemoSettings()
-    return create_app(settings=settings)
+    return _StartupFailureInOneLine(create_app(settings=settings))
