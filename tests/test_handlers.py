@@ -12,7 +12,7 @@ import pytest
 from anyio.from_thread import BlockingPortal
 from starlette.applications import Starlette
 from starlette.testclient import TestClient, WebSocketDenialResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from rtkit import ChatEndpoint, EchoEndpoint, Hub, MemoryBackend, RealtimeRouter, TopicEndpoint
 
