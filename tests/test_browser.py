@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -416,3 +417,48 @@ def test_a_refused_join_shows_the_servers_reason(browser: Browser) -> None:
             expect(page.get_by_test_id("chat-status")).to_have_text("disconnected")
         finally:
             context.close()
+
+
+README_JS = re.compile(r"^```js\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def readme_client(page: Page) -> None:
+    """Loads the README's browser snippet into ``page`` as it stands, and a log for it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (snippet,) = README_JS.findall(readme)
+    page.add_script_tag(content=snippet)
+    page.evaluate(
+        """() => {
+        window.seen = []; window.statuses = [];
+        window.openClient = (path) => connect(`ws://${location.host}${path}`, {
+          onMessage: (msg) => window.seen.push(msg), onStatus: (s) => window.statuses.push(s) });
+    }"""
+    )
+
+
+def test_the_readme_browser_client_talks_refuses_and_reconnects(
+    browser: Browser, strict_server: LiveServer
+) -> None:
+    # The strict server closes a socket idle for 0.6 s (1001): the client must come back.
+    context, page = _open(browser, strict_server.http_url("/"))
+    try:
+        readme_client(page)
+        page.evaluate("() => { window.client = window.openClient('/ws/chat/readme-js?name=js'); }")
+        page.wait_for_function("() => window.statuses.includes('open')", timeout=WAIT_MS)
+        said = page.evaluate("() => window.client.request({ type: 'say', text: 'hi' })")
+        assert said == {"type": "said", "room": "readme-js", "ref": 1}
+        page.wait_for_function(
+            "() => window.statuses.filter((s) => s === 'open').length >= 2", timeout=WAIT_MS
+        )
+        statuses = page.evaluate("() => window.statuses")
+        assert any(status.startswith("reconnecting in ") for status in statuses), statuses
+        page.evaluate("() => window.client.close()")
+
+        long_name = "x" * 65
+        page.evaluate(
+            f"() => {{ window.statuses = []; window.openClient('/ws/chat/readme-js?name={long_name}'); }}"
+        )
+        page.wait_for_function("() => window.statuses.length > 0", timeout=WAIT_MS)
+        assert page.evaluate("() => window.statuses") == ["refused: name too long: at most 64 characters"]
+    finally:
+        context.close()
