@@ -60,6 +60,7 @@ from rtkit.errors import (
     ConfigurationError,
     HandshakeRefusedError,
     NoMessagePackFormError,
+    refusal_close_code,
 )
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_token
@@ -117,7 +118,7 @@ class Refusal(NamedTuple):
     @property
     def code(self) -> int:
         """The close code for a server that cannot send an HTTP response."""
-        return HandshakeRefusedError(self.reason, status=self.status).code
+        return refusal_close_code(self.status)
 
     def response(self, retry_after: int) -> PlainTextResponse:
         """The HTTP denial: the reason as its body, and when to retry a 503."""

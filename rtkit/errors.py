@@ -66,9 +66,14 @@ class HandshakeRefusedError(RtkitError):
     def code(self) -> int:
         """The close code for a server that cannot send an HTTP response: 1013 for a 503,
         1011 for another 5xx, 1008 otherwise."""
-        if self.status == 503:
-            return 1013
-        return 1011 if self.status >= 500 else 1008
+        return refusal_close_code(self.status)
+
+
+def refusal_close_code(status: int) -> int:
+    """The close code that stands for a refusal's HTTP ``status`` where no response can be sent."""
+    if status == 503:
+        return 1013
+    return 1011 if status >= 500 else 1008
 
 
 class BackendError(RtkitError):

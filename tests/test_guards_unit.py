@@ -30,6 +30,7 @@ from rtkit._inbox import Inbox
 from rtkit._types import Receive, Scope, Send
 from rtkit.auth import bearer_token, create_token
 from rtkit.cli import build_parser, limits_from, main
+from rtkit.errors import HandshakeRefusedError
 from rtkit.limits import TokenBucket, topic_name_error
 
 SECRET = "unit-test-secret-with-32-bytes-or-more"
@@ -67,17 +68,21 @@ async def test_jwt_authenticator_checks_signature_expiry_and_claims() -> None:
     assert principal is not None
     assert principal.id == "ann"
     assert principal.claims["role"] == "admin"
+    # Each refusal says why (the client reads it in the HTTP denial), never what the token was.
     refused = [
-        create_token(SECRET, "ann", ttl=-5, aud="rt"),  # expired
-        create_token(SECRET + "x", "ann", aud="rt"),  # another secret
-        create_token(SECRET, "ann", aud="other"),  # another audience
-        jwt.encode({"sub": "ann", "aud": "rt"}, SECRET, algorithm="HS256"),  # no exp
-        jwt.encode({"exp": int(time.time()) + 60, "aud": "rt"}, SECRET, algorithm="HS256"),  # no sub
-        "not-a-token",
+        (create_token(SECRET, "ann", ttl=-5, aud="rt"), "token expired"),
+        (create_token(SECRET + "x", "ann", aud="rt"), "invalid token"),  # another secret
+        (create_token(SECRET, "ann", aud="other"), "invalid token"),  # another audience
+        (jwt.encode({"sub": "ann", "aud": "rt"}, SECRET, algorithm="HS256"), "invalid token"),  # no exp
+        (jwt.encode({"exp": int(time.time()) + 60, "aud": "rt"}, SECRET, algorithm="HS256"), "invalid token"),
+        ("not-a-token", "invalid token"),
     ]
-    for token in refused:
-        assert await auth.authenticate(connection(query=f"token={token}")) is None
-    assert await auth.authenticate(connection()) is None
+    for token, reason in refused:
+        with pytest.raises(HandshakeRefusedError) as refusal:
+            await auth.authenticate(connection(query=f"token={token}"))
+        assert (refusal.value.reason, refusal.value.status) == (reason, 403)
+    with pytest.raises(HandshakeRefusedError, match=r"^missing token$"):
+        await auth.authenticate(connection())
 
 
 @pytest.mark.anyio
@@ -86,7 +91,8 @@ async def test_a_cookie_token_is_taken_from_the_servers_own_pages_only() -> None
     cookie = {"Cookie": f"token={token}", "Host": "chat.example:8000"}
     auth = JWTAuthenticator(SECRET)
     # Another site's page: the browser added the cookie by itself. Refused.
-    assert await auth.authenticate(connection({**cookie, "Origin": "https://evil.example"})) is None
+    with pytest.raises(HandshakeRefusedError, match="another site"):
+        await auth.authenticate(connection({**cookie, "Origin": "https://evil.example"}))
     # The server's own page, or no page at all (a program): taken.
     assert await auth.authenticate(connection({**cookie, "Origin": "http://chat.example:8000"}))
     assert await auth.authenticate(connection(cookie))
@@ -96,7 +102,8 @@ async def test_a_cookie_token_is_taken_from_the_servers_own_pages_only() -> None
     # Origins named by the app.
     listed = JWTAuthenticator(SECRET, allowed_origins=["https://app.example"])
     assert await listed.authenticate(connection({**cookie, "Origin": "https://app.example"}))
-    assert await listed.authenticate(connection({**cookie, "Origin": "http://chat.example:8000"})) is None
+    with pytest.raises(HandshakeRefusedError, match="another site"):
+        await listed.authenticate(connection({**cookie, "Origin": "http://chat.example:8000"}))
 
 
 def test_short_secrets_are_refused() -> None:
@@ -220,7 +227,7 @@ def client() -> Iterator[TestClient]:
 def test_refusals_are_http_responses_where_the_server_allows(client: TestClient) -> None:
     with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/auth"):
         pass
-    assert (refused.value.status_code, refused.value.text) == (403, "not authenticated")
+    assert (refused.value.status_code, refused.value.text) == (403, "missing token")
     token = create_token(SECRET, "ann")
     with client.websocket_connect("/auth", headers={"Authorization": f"Bearer {token}"}) as ws:
         ws.send_text("hi")
@@ -256,7 +263,7 @@ def test_without_denial_responses_refusals_are_close_codes() -> None:
     with TestClient(strip_extensions(build_app())) as client:
         with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/auth"):
             pass
-        assert (refused.value.code, refused.value.reason) == (1008, "not authenticated")
+        assert (refused.value.code, refused.value.reason) == (1008, "missing token")
         with client.websocket_connect("/one"):
             with pytest.raises(WebSocketDisconnect) as full, client.websocket_connect("/one"):
                 pass
@@ -282,9 +289,10 @@ def test_a_refused_join_is_an_error_frame_and_the_socket_stays(client: TestClien
 
 
 def test_an_invalid_room_name_is_refused(client: TestClient) -> None:
-    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/chat/a*b"):
+    with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/chat/a*b"):
         pass
-    assert (refused.value.code, refused.value.reason) == (1008, "invalid room name")
+    assert refused.value.status_code == 403
+    assert refused.value.text.startswith("room invalid name 'a*b': use 1 to 255 characters")
 
 
 # -- the command line ----------------------------------------------------------------------
