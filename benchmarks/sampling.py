@@ -81,9 +81,10 @@ LAYERS: tuple[str, ...] = (
 """Every layer a sample can be charged to, in the order the tables list them."""
 
 
-# The frame of every sample taken while the server serves: asyncio.Runner.run, which uvicorn
-# calls to run the loop.
-_LOOP_RUN = "Runner.run (asyncio/runners.py:"
+# The frame that runs the event loop, in every sample taken while the server serves:
+# asyncio.Runner.run, which uvicorn calls to run the loop, or on Python 3.10, which has no
+# Runner, uvicorn's own stand-in for asyncio.run.
+_LOOP_RUNS = ("Runner.run (asyncio/runners.py:", "asyncio_run (uvicorn/_compat.py:")
 
 
 class SamplerError(RuntimeError):
@@ -95,7 +96,7 @@ def layer_of(frame: str) -> str:
     if not frame:
         return UNREADABLE
     location = frame.rpartition(" (")[2]
-    if location.startswith(("asyncio/runners.py", "asyncio/base_events.py")):
+    if location.startswith(("asyncio/runners.py", "asyncio/base_events.py", "uvicorn/_compat.py")):
         # The loop's run method is where time spent inside uvloop's C code shows up.
         return EVENT_LOOP
     if location.startswith("rtkit/uvicorn_protocol.py"):
@@ -142,7 +143,7 @@ def parse_collapsed(app: str, text: str) -> Profile:
         if not count_text.isdigit():
             continue
         count = int(count_text)
-        if stack.strip() and _LOOP_RUN not in stack:
+        if stack.strip() and not any(run in stack for run in _LOOP_RUNS):
             profile.skipped += count
             continue
         leaf = stack.rpartition(";")[2].strip()

@@ -38,10 +38,16 @@ It serves any ASGI app, rtkit's or not. ``rtkit serve`` uses it by default; else
 
 or ``uvicorn.run(app, ws=FastWebSocketProtocol, ws_per_message_deflate=False)``: uvicorn
 offers deflate unless told not to, browsers always ask for it, and a connection that
-negotiated it takes the general path for every frame. It needs uvicorn's ``websockets-sansio``
-protocol (uvicorn 0.35 or later) and the websockets library (``pip install 'rtkit[speed]'``).
-Where the installed websockets lacks the parser state the fast path checks, every frame takes
-uvicorn's code and a warning says so once.
+negotiated it takes the general path for every frame.
+
+The shortcuts read and override internals of uvicorn's protocol and of the websockets library
+that neither promises to keep. They run only on the releases they were tested with
+(``SUPPORTED_UVICORN`` and ``SUPPORTED_WEBSOCKETS``: from the first release they work on to
+the newest they ran on), and only while every attribute and method they use is there. Otherwise
+the class is uvicorn's protocol unchanged, every frame takes uvicorn's path, and a warning says
+why, once per process. Both libraries come with rtkit (the ``speed`` extra adds uvloop and
+httptools, uvicorn's C event loop and HTTP parser); the protocol class itself needs uvicorn 0.35
+or later, the first with ``websockets-sansio``.
 """
 
 from __future__ import annotations
@@ -49,17 +55,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import threading
 from collections import deque
 from typing import Any
 
 try:
+    import uvicorn
+    import websockets.version
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     from websockets.protocol import State
     from websockets.streams import StreamReader
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(
-        "rtkit.uvicorn_protocol needs uvicorn 0.35 or later and the websockets library: "
-        "pip install 'rtkit[speed]'"
+        "rtkit.uvicorn_protocol needs uvicorn's websockets-sansio protocol (uvicorn 0.35 or later) "
+        "and the websockets library, both dependencies of rtkit"
     ) from exc
 
 try:
@@ -82,15 +92,108 @@ _OPEN = State.OPEN
 _BETWEEN_FRAMES = getattr(getattr(StreamReader, "at_eof", None), "__code__", None)
 
 
-def _has_parser_state(conn: Any) -> bool:
-    """Whether ``conn`` exposes the state the shortcuts must check before they run."""
-    return (
-        _BETWEEN_FRAMES is not None
-        and hasattr(getattr(conn, "parser", None), "gi_yieldfrom")
-        and hasattr(conn, "current_size")
-        and hasattr(conn, "max_message_size")
-        and isinstance(getattr(conn, "writes", None), list)
+# The releases the shortcuts run on: from the first each works with to the newest it was tested
+# with (the upper bound excluded). Raise an upper bound only once the tests pass on the release.
+SUPPORTED_UVICORN = ((0, 52, 1), (0, 56))
+SUPPORTED_WEBSOCKETS = ((16, 0), (18,))
+
+# What the shortcuts read, call or override of uvicorn's protocol. Attributes that its
+# ``__init__`` sets are looked for on the instance; methods on uvicorn's class itself (asyncio's
+# ``Protocol`` has do-nothing ``data_received``, ``pause_writing`` and ``resume_writing`` that
+# would hide a missing one).
+_UVICORN_ATTRIBUTES = (
+    "conn",  # the websockets connection
+    "loop",  # makes the futures a waiting ``receive`` is handed messages through
+    "transport",  # written to, paused and resumed
+    "queue",  # replaced: uvicorn's code queues every message for the app through it
+    "read_paused",
+    "handshake_complete",
+    "close_sent",
+    "disconnected",  # uvicorn 0.52.1: a send after the peer left raises
+    "initial_response",  # a denial response under way
+    "writable",  # cleared while the transport asks writers to pause
+)
+_UVICORN_METHODS = (
+    "data_received",  # overridden, and handed what the fast path does not take
+    "receive",  # overridden
+    "send",  # overridden, and handed what ``write_now`` declines
+    "handle_parser_exception",  # closes after a text frame that is not UTF-8
+    "pause_writing",  # without these two, ``writable`` never follows the transport
+    "resume_writing",
+)
+# What they read or call of the websockets connection (``conn``).
+_WEBSOCKETS_ATTRIBUTES = (
+    "state",
+    "parser",  # a generator: where it waits says whether it holds part of a frame
+    "current_size",  # websockets 16: None unless a fragmented message is under way
+    "max_message_size",  # websockets 16
+    "writes",  # the bytes waiting to go out
+    "extensions",
+    "debug",
+    "send_close",
+)
+
+# The namespaces of uvicorn's protocol class and its bases, asyncio's left out.
+_UVICORNS_OWN = tuple(
+    vars(cls) for cls in WebSocketsSansIOProtocol.__mro__ if cls not in asyncio.Protocol.__mro__
+)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numbers at the start of a version string: ``"0.52.1"`` is ``(0, 52, 1)``."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match[0].split(".")) if match else ()
+
+
+def _outside(library: str, version: str, supported: tuple[tuple[int, ...], tuple[int, ...]]) -> str | None:
+    """Why ``version`` of ``library`` is not one the shortcuts run on, or None if it is."""
+    lowest, beyond = supported
+    if lowest <= _release(version) < beyond:
+        return None
+    low = ".".join(map(str, lowest))
+    high = ".".join(map(str, beyond))
+    return f"{library} {version} is outside the releases it was tested with (>={low},<{high})"
+
+
+def _fast_path_blocked(protocol: Any) -> str | None:
+    """What keeps the shortcuts off on ``protocol`` (a version out of range, an attribute or
+    method missing), or None when nothing does."""
+    problem = _outside("uvicorn", uvicorn.__version__, SUPPORTED_UVICORN) or _outside(
+        "websockets", websockets.version.version, SUPPORTED_WEBSOCKETS
     )
+    if problem:
+        return problem
+    for name in _UVICORN_METHODS:
+        if not any(callable(namespace.get(name)) for namespace in _UVICORNS_OWN):
+            return f"uvicorn's WebSocketsSansIOProtocol has no method {name!r}"
+    for name in _UVICORN_ATTRIBUTES:
+        if not hasattr(protocol, name):
+            return f"uvicorn's WebSocketsSansIOProtocol has no attribute {name!r}"
+    if not isinstance(protocol.writable, asyncio.Event):
+        return "uvicorn's WebSocketsSansIOProtocol.writable is not an asyncio.Event"
+    conn = protocol.conn
+    for name in _WEBSOCKETS_ATTRIBUTES:
+        if not hasattr(conn, name):
+            return f"websockets' {type(conn).__name__} has no attribute {name!r}"
+    if not isinstance(conn.writes, list):
+        return f"websockets' {type(conn).__name__}.writes is not a list"
+    if _BETWEEN_FRAMES is None or not hasattr(conn.parser, "gi_yieldfrom"):
+        return "the websockets parser does not say where it waits (StreamReader.at_eof, a generator)"
+    return None
+
+
+_warned = False  # whether a protocol of this process found the shortcuts off and said so
+_warning = threading.Lock()  # uvicorn servers may run in several threads of one process
+
+
+def _warn_once(problem: str) -> None:
+    """Log, once per process, why the shortcuts are off."""
+    global _warned
+    with _warning:
+        if _warned:
+            return
+        _warned = True
+    _logger.warning("rtkit's fast WebSocket path is off: %s; every frame takes uvicorn's path", problem)
 
 
 def _between_frames(parser: Any) -> bool:
@@ -133,22 +236,18 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     option. See the module's documentation for what takes the fast path and what does not.
     """
 
-    _warned_no_fast_path = False
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._fast = _has_parser_state(self.conn)
-        if not self._fast and not FastWebSocketProtocol._warned_no_fast_path:
-            FastWebSocketProtocol._warned_no_fast_path = True
-            _logger.warning(
-                "this websockets version lacks the parser state rtkit's fast path checks; "
-                "every frame takes uvicorn's code"
-            )
         # An incomplete frame taken on the fast path, and how long it must grow before it can
         # be looked at again (so a peer trickling bytes costs one append per read, not a copy
         # of everything so far).
         self._partial: bytearray | None = None
         self._partial_needs = 0
+        problem = _fast_path_blocked(self)
+        self._fast = problem is None
+        if problem is not None:
+            _warn_once(problem)
+            return  # uvicorn's protocol, with uvicorn's queue
         # uvicorn's queue of messages for the app, replaced by one that can hand a message
         # straight to an app that waits for it (every part of uvicorn that queues a message
         # goes through its ``put_nowait``).
@@ -159,6 +258,9 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse whole data frames here while nothing else is under way; the rest as uvicorn."""
+        if not self._fast:
+            super().data_received(data)
+            return
         partial = self._partial
         if partial is not None:
             partial += data
@@ -222,8 +324,7 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     def _can_take_frames(self) -> bool:
         conn = self.conn
         return (
-            self._fast
-            and conn.state is _OPEN
+            conn.state is _OPEN
             and not self.close_sent
             and _between_frames(conn.parser)  # the websockets parser holds no part of a frame
             and conn.current_size is None  # and no fragmented message is under way
@@ -250,6 +351,8 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def receive(self) -> Any:
         """The app's next message: handed over if it has to wait for one; uvicorn's otherwise."""
+        if not self._fast:
+            return await super().receive()
         received = self._received
         if received.items:
             message = received.items.popleft()

@@ -43,6 +43,7 @@ _SERVING = "_run_module_as_main (<frozen runpy>:198);Runner.run (asyncio/runners
         ("BaseModel.model_validate_json (pydantic/main.py:700)", "pydantic"),
         ("Queue.get (asyncio/queues.py:155)", "asyncio (Python part)"),
         ("Runner.run (asyncio/runners.py:118)", EVENT_LOOP),
+        ("asyncio_run (uvicorn/_compat.py:60)", EVENT_LOOP),  # Python 3.10: no asyncio.Runner
         ("Enum.__new__ (enum.py:1103)", "other"),
         ("", UNREADABLE),
     ],
@@ -74,6 +75,21 @@ def test_samples_count_by_their_innermost_frame_and_only_while_serving() -> None
     assert "| rtkit | 50.0% (12.00 us) |" in table
     assert "| **server CPU per message** | 24.00 us |" in table
     assert "pydantic" not in table  # layers nobody spent time in are left out
+
+
+def test_on_python_3_10_samples_under_uvicorns_own_loop_runner_count_as_serving() -> None:
+    # Python 3.10 has no asyncio.Runner: uvicorn runs the loop from a stand-in of its own.
+    serving = "_run_module_as_main (runpy.py:196);asyncio_run (uvicorn/_compat.py:60)"
+    text = "\n".join(
+        [
+            f"{serving};Server._serve (uvicorn/server.py:88) 4",
+            f"{serving} 2",
+            "_run_module_as_main (runpy.py:196);<module> (benchmarks/e2e/server.py:15) 3",
+        ]
+    )
+    profile = parse_collapsed("raw-asgi", text)
+    assert (profile.samples, profile.skipped) == (6, 3)
+    assert profile.layers == {"uvicorn": 4, EVENT_LOOP: 2}
 
 
 def test_a_short_live_run_of_two_servers(tmp_path: Path) -> None:

@@ -12,12 +12,15 @@ import os
 import random
 import struct
 import sys
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import pytest
 import uvicorn
+import websockets.version
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
@@ -587,28 +590,221 @@ async def test_write_now_is_found_only_behind_the_protocols_own_send() -> None:
     assert write_now_of(Driven(WebSocketsSansIOProtocol, app_done).protocol.send) is None
 
 
-async def test_without_the_parser_state_it_checks_every_frame_takes_uvicorns_code(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+# -- where the shortcuts are off ----------------------------------------------------------------
+
+
+def fallback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "rtkit.uvicorn_protocol" and r.levelname == "WARNING"
+    ]
+
+
+@pytest.fixture
+def shortcuts_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uvicorn release beyond the supported ones: every FastWebSocketProtocol made from here on
+    is uvicorn's protocol, and says so once."""
+    monkeypatch.setattr(uvicorn, "__version__", "0.56.0")
+    monkeypatch.setattr(uvicorn_protocol, "_warned", False)
+
+
+async def test_the_installed_uvicorn_and_websockets_are_supported_and_take_the_shortcuts(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(uvicorn_protocol, "_has_parser_state", lambda conn: False)
-    monkeypatch.setattr(FastWebSocketProtocol, "_warned_no_fast_path", False)
+    # A newer release than the supported ones fails here first: run this suite on it, then
+    # raise the upper bound in SUPPORTED_UVICORN or SUPPORTED_WEBSOCKETS.
+    fast = Driven(FastWebSocketProtocol, asyncio.Event())
+    assert uvicorn_protocol._fast_path_blocked(fast.protocol) is None
+    assert fast.protocol._fast
+    assert type(fast.protocol.queue) is uvicorn_protocol._ReceivedMessages
+    assert not fallback_warnings(caplog)
+
+
+@pytest.mark.parametrize(
+    ("library", "version", "supported"),
+    [
+        ("uvicorn", "0.35.0", False),
+        ("uvicorn", "0.52.0", False),
+        ("uvicorn", "0.52.1", True),
+        ("uvicorn", "0.55.9", True),
+        ("uvicorn", "0.56.0", False),
+        ("uvicorn", "0.56.0rc1", False),
+        ("uvicorn", "1.0.0", False),
+        ("uvicorn", "unknown", False),
+        ("websockets", "15.0.1", False),
+        ("websockets", "16.0", True),
+        ("websockets", "17.4", True),
+        ("websockets", "18.0", False),
+    ],
+)
+def test_only_the_releases_the_shortcuts_were_tested_with_are_supported(
+    library: str, version: str, supported: bool
+) -> None:
+    bounds = (
+        uvicorn_protocol.SUPPORTED_UVICORN if library == "uvicorn" else uvicorn_protocol.SUPPORTED_WEBSOCKETS
+    )
+    problem = uvicorn_protocol._outside(library, version, bounds)
+    if supported:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert f"{library} {version} is outside" in problem
+
+
+def _parts_used() -> list[tuple[str, str]]:
+    return (
+        [("uvicorn attribute", name) for name in uvicorn_protocol._UVICORN_ATTRIBUTES]
+        + [("uvicorn method", name) for name in uvicorn_protocol._UVICORN_METHODS]
+        + [("websockets attribute", name) for name in uvicorn_protocol._WEBSOCKETS_ATTRIBUTES]
+    )
+
+
+@pytest.mark.parametrize(("kind", "name"), _parts_used())
+async def test_without_any_one_part_it_uses_the_shortcuts_are_off_and_the_warning_names_it(
+    kind: str, name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(uvicorn_protocol, "_warned", False)
+    if kind == "uvicorn method":
+        assert name in vars(WebSocketsSansIOProtocol)  # uvicorn's own, not asyncio's do-nothing one
+        monkeypatch.delattr(WebSocketsSansIOProtocol, name)
+    else:
+        # As a release whose protocol (or its websockets connection) lacks the attribute.
+        init = WebSocketsSansIOProtocol.__init__
+
+        def init_without(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            owner = self if kind == "uvicorn attribute" else self.conn
+            if name in vars(owner):
+                delattr(owner, name)
+            else:  # a method of the websockets connection's class
+                defined_by = next(cls for cls in type(owner).__mro__ if name in vars(cls))
+                monkeypatch.delattr(defined_by, name)
+
+        monkeypatch.setattr(WebSocketsSansIOProtocol, "__init__", init_without)
+    protocol = Driven(FastWebSocketProtocol, asyncio.Event()).protocol
+    assert not protocol._fast
+    assert not isinstance(getattr(protocol, "queue", None), uvicorn_protocol._ReceivedMessages)
+    assert protocol.write_now({"type": "websocket.send", "text": "x"}) is False
+    [warning] = fallback_warnings(caplog)
+    assert repr(name) in warning
+    assert "every frame takes uvicorn's path" in warning
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("writable", "writable is not an asyncio.Event"),
+        ("writes", "writes is not a list"),
+        ("parser", "does not say where it waits"),
+        ("StreamReader.at_eof", "does not say where it waits"),
+    ],
+)
+async def test_a_part_of_another_kind_keeps_the_shortcuts_off_too(
+    change: str, named: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(uvicorn_protocol, "_warned", False)
+    if change == "StreamReader.at_eof":
+        monkeypatch.setattr(uvicorn_protocol, "_BETWEEN_FRAMES", None)  # as when it is gone
+    else:
+        init = WebSocketsSansIOProtocol.__init__
+
+        def init_changed(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            if change == "writable":
+                self.writable = threading.Event()
+            elif change == "writes":
+                self.conn.writes = deque()
+            else:
+                self.conn.parser = iter(())  # no generator: nothing says where it waits
+
+        monkeypatch.setattr(WebSocketsSansIOProtocol, "__init__", init_changed)
+    protocol = Driven(FastWebSocketProtocol, asyncio.Event()).protocol
+    assert not protocol._fast
+    [warning] = fallback_warnings(caplog)
+    assert named in warning
+
+
+def test_the_check_covers_every_part_of_uvicorn_and_websockets_the_class_reads_or_overrides() -> None:
+    # What FastWebSocketProtocol's methods read of ``self`` and of the websockets connection
+    # (``self.conn``, or ``conn`` for short), what they call through ``super()``, and what it
+    # overrides: all of it must be in the lists the check goes through.
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(uvicorn_protocol))
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FastWebSocketProtocol"]
+    of_self: set[str] = set()
+    of_conn: set[str] = set()
+    of_super: set[str] = set()
+    for node in ast.walk(cls):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id == "self":
+            of_self.add(node.attr)
+        elif (isinstance(value, ast.Name) and value.id == "conn") or (
+            isinstance(value, ast.Attribute) and value.attr == "conn"
+        ):
+            of_conn.add(node.attr)
+        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "super":
+            of_super.add(node.attr)
+    overridden = {n.name for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    own = {"write_now"}  # rtkit's, with the underscored names
+    uvicorns = set(uvicorn_protocol._UVICORN_ATTRIBUTES) | set(uvicorn_protocol._UVICORN_METHODS)
+    assert {name for name in of_self | overridden if not name.startswith("_")} - own <= uvicorns
+    assert of_super - {"__init__"} <= set(uvicorn_protocol._UVICORN_METHODS)
+    assert of_conn <= set(uvicorn_protocol._WEBSOCKETS_ATTRIBUTES)
+    assert {"conn", "disconnected", "writable", "close_sent"} <= of_self  # the walk found them
+    assert {"state", "parser", "current_size", "send_close"} <= of_conn
+    assert {"data_received", "receive", "send"} <= of_super
+
+
+async def test_with_the_shortcuts_off_it_answers_exactly_as_uvicorn(
+    shortcuts_off: None, caplog: pytest.LogCaptureFixture
+) -> None:
     app_done = asyncio.Event()
+    stock = Driven(WebSocketsSansIOProtocol, app_done)
     fast = Driven(FastWebSocketProtocol, app_done)
-    await fast.open()
-    taken: list[bytes] = []  # payloads unmasked by the fast path (uvicorn's has its own code)
-
-    def unmask(data: bytes, mask: bytes) -> bytes:
-        taken.append(data)
-        return data
-
-    monkeypatch.setattr(uvicorn_protocol, "apply_mask", unmask)
-    fast.feed([client_frame(b"one")])
-    await fast.protocol.send({"type": "websocket.send", "text": "back"})
-    assert fast.drain() == [text_of("one")]
-    assert not taken
-    assert fast.transport.written == b"\x81\x04back"
-    assert "every frame takes uvicorn's code" in caplog.text
+    assert type(fast.protocol.queue) is type(stock.protocol.queue)  # uvicorn's asyncio.Queue
+    for driven in (stock, fast):
+        await driven.open()
+    # Sending: nothing written at once, and send writes uvicorn's frames.
+    assert fast.protocol.write_now({"type": "websocket.send", "text": "now"}) is False
+    assert fast.transport.written == b""
+    for driven in (stock, fast):
+        await driven.protocol.send({"type": "websocket.send", "text": "é" * 200})
+        await driven.protocol.send({"type": "websocket.send", "bytes": b"\x00\x01"})
+    assert fast.transport.written == stock.transport.written
+    # Receiving: uvicorn queues the message and pauses reading until the app takes it.
+    for driven in (stock, fast):
+        driven.feed([client_frame(b"one")])
+        assert driven.transport.paused
+        with anyio.fail_after(TIMEOUT):
+            assert await driven.protocol.receive() == text_of("one")
+        assert not driven.transport.paused
+    # A protocol error: uvicorn drops the messages that came in the same read (the fast path
+    # hands them to the app first); so does the protocol now.
+    data = client_frame(b"two") + client_frame(b"unmasked", mask=False) + client_frame(b"three")
+    stock.feed([data])
+    fast.feed([data])
+    outcome = fast.outcome()
+    assert outcome == stock.outcome()
+    assert [(event["type"], event.get("code")) for event in outcome[0]] == [("websocket.disconnect", 1002)]
     app_done.set()
+    [warning] = fallback_warnings(caplog)
+    assert "uvicorn 0.56.0 is outside the releases it was tested with (>=0.52.1,<0.56)" in warning
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_with_the_shortcuts_off_random_traffic_gives_exactly_what_uvicorn_gives(
+    seed: int, shortcuts_off: None
+) -> None:
+    rng = random.Random(seed)
+    data = random_stream(rng) + client_frame(b"last") + client_frame(b"\xff") + client_frame(b"lost")
+    stock, fast = await both(cut(rng, data))
+    assert fast == stock
+    assert stock[0][-1] == {"type": "websocket.disconnect", "code": 1007, "reason": ""}
 
 
 # -- over real sockets --------------------------------------------------------------------------
@@ -732,6 +928,65 @@ async def test_the_class_path_works_as_uvicorns_ws_option() -> None:
             await ws.send("hello")
             with anyio.fail_after(TIMEOUT):
                 assert await ws.recv() == "hello"
+
+
+@pytest.mark.parametrize("off_by", ["uvicorn release", "websockets release", "uvicorn method"])
+async def test_with_the_shortcuts_off_real_clients_are_served_by_uvicorns_code_and_one_warning_says_why(
+    off_by: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if off_by == "uvicorn release":
+        monkeypatch.setattr(uvicorn, "__version__", "0.35.0")
+        why = "uvicorn 0.35.0 is outside the releases it was tested with"
+    elif off_by == "websockets release":
+        monkeypatch.setattr(websockets.version, "version", "18.0")
+        why = "websockets 18.0 is outside the releases it was tested with"
+    else:
+        monkeypatch.delattr(WebSocketsSansIOProtocol, "handle_parser_exception")
+        why = "has no method 'handle_parser_exception'"
+    monkeypatch.setattr(uvicorn_protocol, "_warned", False)
+    shortcuts: list[str] = []  # the fast path's own framing or unmasking, were it ever used
+
+    def shortcut(name: str) -> Any:
+        def taken(*args: Any) -> Any:
+            shortcuts.append(name)
+            raise AssertionError(f"the fast path's {name} ran")
+
+        return taken
+
+    monkeypatch.setattr(uvicorn_protocol, "_framed", shortcut("framing"))
+    monkeypatch.setattr(uvicorn_protocol, "apply_mask", shortcut("unmasking"))
+    protocols: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        protocols.append(receive.__self__)  # uvicorn hands the app its protocol's bound methods
+        await echo_app(scope, receive, send)
+
+    async def client(live: LiveServer) -> None:
+        async with connect(live.ws_url("/"), max_size=None, compression=None) as ws:
+            sizes = [0, 1, 125, 126, 65536]
+            for size in sizes:
+                await ws.send("ü" * size)
+                await ws.send(bytes(size))
+            await ws.send(["frag", "mented"])
+            pong = await ws.ping()
+            with anyio.fail_after(TIMEOUT):
+                for size in sizes:
+                    assert await ws.recv() == "ü" * size
+                    assert await ws.recv() == bytes(size)
+                assert await ws.recv() == "fragmented"
+                await pong
+
+    with LiveServer(app, ws=FastWebSocketProtocol, lifespan="off") as live:
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(client, live)
+    assert len(protocols) == 3
+    assert all(type(p) is FastWebSocketProtocol and not p._fast for p in protocols)
+    assert all(type(p.queue) is asyncio.Queue for p in protocols)  # uvicorn's own queue
+    assert shortcuts == []
+    [warning] = fallback_warnings(caplog)  # one for the three connections
+    assert why in warning
+    assert "every frame takes uvicorn's path" in warning
 
 
 async def test_rtkits_broadcast_writes_each_member_its_frame_without_awaiting_send(
