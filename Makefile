@@ -20,12 +20,13 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The demo needs rtkit and uvicorn's C speed-ups, nothing of the development tools.
-$(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[speed]'
+# The newest releases, less those past what rtkit's uvicorn protocol was tested with.
+$(RUN_STAMP): pyproject.toml constraints/tested.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints/tested.txt -e '.[speed]'
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml constraints/tested.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints/tested.txt -e '.[dev]'
 	touch $@
 
 $(MIN_STAMP): pyproject.toml constraints/minimum.txt

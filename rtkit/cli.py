@@ -187,9 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws",
         choices=WS_IMPLEMENTATIONS,
         default=None,
-        help="uvicorn's WebSocket implementation; rtkit: its websockets-sansio with rtkit's fast "
-        "path for whole data frames (the default when the websockets library is installed, "
-        "else auto)",
+        help="uvicorn's WebSocket implementation; rtkit (the default): its websockets-sansio "
+        "with rtkit's fast path for whole data frames",
     )
     serve.add_argument(
         "--ws-per-message-deflate",

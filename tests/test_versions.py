@@ -135,3 +135,18 @@ def test_the_reader_of_pyproject_agrees_with_a_toml_parser() -> None:
     arrays = string_arrays(text)
     assert arrays["project"]["dependencies"] == project["dependencies"]
     assert arrays["project.optional-dependencies"] == project["optional-dependencies"]
+
+
+def test_the_development_caps_match_the_fast_protocols_supported_ranges() -> None:
+    from rtkit import uvicorn_protocol
+
+    caps = dict(
+        re.findall(
+            r"^([A-Za-z0-9_-]+)<([^\s]+)$", (ROOT / "constraints" / "tested.txt").read_text(), re.MULTILINE
+        )
+    )
+    supported = {
+        "uvicorn": uvicorn_protocol.SUPPORTED_UVICORN[1],
+        "websockets": uvicorn_protocol.SUPPORTED_WEBSOCKETS[1],
+    }
+    assert caps == {name: ".".join(map(str, beyond)) for name, beyond in supported.items()}
