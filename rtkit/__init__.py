@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rtkit._outbox import Outbox, OverflowPolicy
 from rtkit.auth import Authenticator, JWTAuthenticator, Principal
 from rtkit.backends.base import Backend, BackendHealth
 from rtkit.backends.memory import MemoryBackend
@@ -23,7 +22,7 @@ from rtkit.errors import (
 from rtkit.frame import Frame
 from rtkit.handlers import ChatEndpoint, EchoEndpoint, TopicEndpoint
 from rtkit.hub import Hub
-from rtkit.limits import Limits
+from rtkit.limits import Limits, OverflowPolicy
 from rtkit.metrics import Metrics
 from rtkit.routing import RealtimeRouter
 
@@ -52,7 +51,6 @@ __all__ = [
     "Metrics",
     "NoMessagePackFormError",
     "NotStartedError",
-    "Outbox",
     "OverflowPolicy",
     "Principal",
     "RealtimeEndpoint",

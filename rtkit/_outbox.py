@@ -29,27 +29,21 @@ import contextvars
 import types
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
 import anyio
 
 from rtkit._passthrough import write_now_of
 from rtkit._types import Message, Send
 from rtkit.frame import Frame
+from rtkit.limits import OverflowPolicy
 from rtkit.metrics import Metrics
+from rtkit.status import CloseCode
 
-__all__ = ["Outbox", "OverflowPolicy"]
+__all__ = ["Outbox"]
 
-OverflowPolicy: TypeAlias = Literal["disconnect", "drop_oldest", "drop_newest"]
-"""What a full outbox does with one more frame:
 
-- ``disconnect``: drop everything queued and close the socket with 1013 (try again later);
-- ``drop_oldest``: discard the oldest queued frames until the new one fits (a frame that
-  cannot fit beside a send under way is discarded itself);
-- ``drop_newest``: discard the new frame.
-"""
-
-SLOW_CONSUMER_CLOSE = 1013
+SLOW_CONSUMER_CLOSE = CloseCode.TRY_AGAIN_LATER
 
 _SENT = object()
 _REENTERED = object()  # an eager send offered by the send running in the same context

@@ -11,8 +11,7 @@ from typing import Any, get_args
 import msgspec
 
 import rtkit
-from rtkit._outbox import OverflowPolicy
-from rtkit.limits import Limits
+from rtkit.limits import Limits, OverflowPolicy
 
 __all__ = ["LOG_FORMAT", "build_parser", "limits_from", "log_config", "main"]
 

@@ -63,24 +63,29 @@ from rtkit.errors import (
     refusal_close_code,
 )
 from rtkit.frame import Frame
-from rtkit.hub import Hub, new_token
+from rtkit.hub import Hub, new_subscriber_id
 from rtkit.limits import Limits, TokenBucket
 from rtkit.messages import ErrorFrame, Gap, Heartbeat, Ref
 from rtkit.metrics import Metrics
+from rtkit.status import CloseCode, ErrorCode
 
-try:
-    from uvicorn.protocols.utils import ClientDisconnected as _UvicornClientDisconnected
-except ImportError:  # pragma: no cover - uvicorn is a dependency; another server may be used
-    _UvicornClientDisconnected = ConnectionResetError  # type: ignore[assignment, misc]
+# The ASGI servers whose own OSError subclasses mean "the peer has gone" (uvicorn's
+# ClientDisconnected), recognised by the package that defines them, so that the core need not
+# import any server.
+_SERVER_PACKAGES = frozenset({"uvicorn"})
 
-# What a send raises when the peer has gone (uvicorn's own error, or the socket's). Any other
-# OSError escaping a handler, a TimeoutError above all, is a fault in the handler's code.
-_PEER_GONE: tuple[type[BaseException], ...] = (
-    _UvicornClientDisconnected,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    BrokenPipeError,
-)
+
+def _peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a send, says the peer has gone rather than a fault.
+
+    The ASGI spec has a send to a closed connection raise an ``OSError``: the server's own
+    subclass, or the socket's ``ConnectionError``. Any other error escaping a handler (a
+    ``TimeoutError``, a ``FileNotFoundError``) is a fault in the handler's code.
+    """
+    if isinstance(exc, ConnectionError):  # reset, aborted, broken pipe
+        return True
+    return isinstance(exc, OSError) and type(exc).__module__.partition(".")[0] in _SERVER_PACKAGES
+
 
 __all__ = ["Action", "RealtimeEndpoint"]
 
@@ -128,9 +133,9 @@ class Refusal(NamedTuple):
 
 def _status_for(code: int) -> int:
     """The HTTP status of a refusal that ``on_connect`` made by closing with ``code``."""
-    if code == 1013:
+    if code == CloseCode.TRY_AGAIN_LATER:
         return 503
-    return 500 if code == 1011 else 403
+    return 500 if code == CloseCode.INTERNAL_ERROR else 403
 
 
 def _union_members(tp: Any) -> tuple[Any, ...]:
@@ -254,8 +259,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self.authenticator = authenticator
         self.metrics: Metrics = metrics
         """The counters this connection adds to (its hub's)."""
-        self.token = new_token()
-        """This connection's id, unique across processes."""
+        self.connection_id = new_subscriber_id()
+        """This connection's id, unique across processes (the hub's subscriber id)."""
         self.params: Any = None
         """The handshake's parameters as ``params_type``, or None if none is declared."""
         self.principal: Principal | None = None
@@ -274,6 +279,11 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._refused_with: int | None = None  # the code on_connect closed with, unaccepted
         self._counted_principal: str | None = None  # whose per-principal count holds this one
         self._peer_left: int | None = None  # the peer's close code, seen while a handler hung
+
+    @property
+    def subscriber_id(self) -> int:
+        """The hub's name for this connection: its ``connection_id``."""
+        return self.connection_id
 
     @property
     def hub(self) -> Hub:
@@ -357,7 +367,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
             # The peer left during the handshake (uvicorn raises an OSError then): a disconnect
             # like any other, not a fault of the app.
             self.websocket.application_state = WebSocketState.DISCONNECTED
-            raise WebSocketDisconnect(1006) from exc
+            raise WebSocketDisconnect(CloseCode.ABNORMAL) from exc
 
     async def send_message(self, message: Any) -> None:
         """Queue ``message`` (a Struct or any msgspec-encodable value) for this socket.
@@ -404,15 +414,16 @@ class RealtimeEndpoint(WebSocketEndpoint):
         # and then awaits (progress reports, say) must not hold its frames until it returns.
         return self.outbox.put(event, size)
 
-    async def send_error(self, code: str, detail: str, *, ref: Ref = None) -> None:
+    async def send_error(self, code: ErrorCode | str, detail: str, *, ref: Ref = None) -> None:
         """Answer the peer with an error frame; the connection stays open."""
         self._queue_error(code, detail, ref)
 
-    def _queue_error(self, code: str, detail: str, ref: Ref) -> None:
+    def _queue_error(self, code: ErrorCode | str, detail: str, ref: Ref) -> None:
+        code = str(code)  # the counters are keyed by the plain string
         self.metrics.errors[code] += 1
         self.send_frame(Frame(encode(ErrorFrame(code=code, detail=detail, ref=ref))))
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection after the frames already queued have been sent.
 
         Before accept (in ``on_connect``) it refuses the handshake: HTTP 403 (503 for 1013,
@@ -445,7 +456,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         websocket = self.websocket
         if not await self._admit(websocket):
             return
-        close_code = 1000
+        close_code: int = CloseCode.NORMAL
         try:
             try:
                 await self.on_connect(websocket)
@@ -468,14 +479,18 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 return
             if websocket.application_state != WebSocketState.CONNECTED:
                 if websocket.application_state == WebSocketState.CONNECTING:
-                    await self.close(1008, "refused by the server")  # on_connect did not accept
+                    await self.close(
+                        CloseCode.POLICY_VIOLATION, "refused by the server"
+                    )  # on_connect did not accept
                 self.metrics.refused["on_connect"] += 1
-                close_code = self._refused_with if self._refused_with is not None else 1008
+                close_code = (
+                    self._refused_with if self._refused_with is not None else CloseCode.POLICY_VIOLATION
+                )
                 return
             self.metrics.connections_accepted += 1
             close_code = await self._serve(websocket)
         finally:
-            self.metrics.closes[close_code] += 1
+            self.metrics.closes[int(close_code)] += 1
             await self._cleanup(websocket, close_code)
 
     async def _admit(self, websocket: WebSocket) -> bool:
@@ -565,11 +580,14 @@ class RealtimeEndpoint(WebSocketEndpoint):
     async def _deny(self, refusal: Refusal, code: int) -> None:
         """An HTTP response with the reason where the server allows one, else a close."""
         websocket = self.websocket
-        with contextlib.suppress(*_PEER_GONE):  # a peer that has gone needs no refusal
+        try:
             if _DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
                 await websocket.send_denial_response(refusal.response(self.limits.retry_after))
             else:
                 await websocket.close(code, refusal.reason)
+        except OSError as exc:
+            if not _peer_gone(exc):
+                raise  # a peer that has gone needs no refusal; anything else is a fault
 
     # -- the connection's life --------------------------------------------------------------
 
@@ -599,7 +617,9 @@ class RealtimeEndpoint(WebSocketEndpoint):
             tg.start_soon(self._receive_loop, websocket, outcome, tg.cancel_scope)
         self.outbox.detach()
         self._task_group = None
-        result = outcome[0] if outcome else self._peer_left if self._peer_left is not None else 1006
+        result = (
+            outcome[0] if outcome else self._peer_left if self._peer_left is not None else CloseCode.ABNORMAL
+        )
         if isinstance(result, Exception):
             return await self._fail("a handler", result)
         if self._sent_close is not None:
@@ -627,7 +647,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._set_close_deadline(code)
 
     def _on_overflow(self) -> None:
-        self._set_close_deadline(1013)
+        self._set_close_deadline(CloseCode.TRY_AGAIN_LATER)
 
     def _set_close_deadline(self, code: int) -> None:
         if self._close_deadline_set or self._task_group is None:
@@ -666,7 +686,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 else:
                     idle_at = self._last_inbound + limits.idle_timeout
                     if now >= idle_at:
-                        self._request_close(1001, "idle timeout")
+                        self._request_close(CloseCode.GOING_AWAY, "idle timeout")
                         return
                     wake.append(idle_at)
             if limits.heartbeat_interval is not None:
@@ -706,7 +726,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                     # because one ran for long): its answer has nobody to go to, and waiting
                     # for it would hold the connection, its channels and its counts for as
                     # long as it hangs. The connection ends now; on_disconnect runs as usual.
-                    self._peer_left = int(message.get("code", 1005))
+                    self._peer_left = int(message.get("code", CloseCode.NO_STATUS))
                     self._task_group.cancel_scope.cancel()
                 return
 
@@ -738,7 +758,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 message = await receive() if inbox is None else await inbox.get()
                 if message["type"] != "websocket.receive":
                     if message["type"] == "websocket.disconnect":
-                        outcome.append(int(message.get("code") or 1000))
+                        outcome.append(int(message.get("code") or CloseCode.NORMAL))
                         return
                     continue
                 metrics.messages_in += 1
@@ -774,15 +794,13 @@ class RealtimeEndpoint(WebSocketEndpoint):
                         await self.on_receive(websocket, data)
                 except BackendUnavailableError as exc:
                     # The request could not be carried out now; the client may retry it.
-                    self._queue_error("unavailable", str(exc), getattr(data, "ref", None))
+                    self._queue_error(ErrorCode.UNAVAILABLE, str(exc), getattr(data, "ref", None))
                 finally:
                     self._handling_since = None
         except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
             outcome.append(exc.code)
-        except _PEER_GONE:
-            outcome.append(1006)
-        except Exception as exc:  # the one boundary: a fault in user code
-            outcome.append(exc)
+        except Exception as exc:  # the one boundary: a fault in user code, or the peer gone
+            outcome.append(CloseCode.ABNORMAL if _peer_gone(exc) else exc)
         finally:
             scope.cancel()
 
@@ -794,7 +812,9 @@ class RealtimeEndpoint(WebSocketEndpoint):
         if raw is not None and len(raw) * (4 if text is not None else 1) > limits.max_message_bytes:
             size = len(raw.encode()) if isinstance(raw, str) else len(raw)  # exact only when close
             if size > limits.max_message_bytes:
-                self._request_close(1009, f"message over {limits.max_message_bytes} bytes")
+                self._request_close(
+                    CloseCode.MESSAGE_TOO_BIG, f"message over {limits.max_message_bytes} bytes"
+                )
                 return _INVALID
         bucket = self._bucket
         if bucket is not None:
@@ -825,10 +845,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
         """
         self._limited_in_row += 1
         if self._limited_in_row >= self.limits.max_rate_violations:
-            self._request_close(1008, "rate limit exceeded")
+            self._request_close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         else:
             ref = Codec.probe(raw, self.wire)[1] if raw is not None else None
-            self._queue_error("rate_limited", f"over {bucket.rate:g} messages per second", ref)
+            self._queue_error(ErrorCode.RATE_LIMITED, f"over {bucket.rate:g} messages per second", ref)
 
     def _undecodable(self, raw: str | bytes, exc: Exception) -> None:
         """Answer a frame the decoder refused with an error frame, unless it is a heartbeat."""
@@ -839,9 +859,9 @@ class RealtimeEndpoint(WebSocketEndpoint):
     def _invalid(self, detail: str, ref: Ref) -> object:
         self._invalid_in_row += 1
         if self._invalid_in_row >= self.limits.max_invalid_frames:
-            self._request_close(1008, "too many invalid frames")
+            self._request_close(CloseCode.POLICY_VIOLATION, "too many invalid frames")
         else:
-            self._queue_error("invalid_message", detail, ref)
+            self._queue_error(ErrorCode.INVALID_MESSAGE, detail, ref)
         return _INVALID
 
     async def _unavailable(self, websocket: WebSocket) -> int:
@@ -850,8 +870,14 @@ class RealtimeEndpoint(WebSocketEndpoint):
             await self._refuse(Refusal("unavailable", 503, "backend unavailable"))
         elif self._sent_close is None:
             with contextlib.suppress(OSError, RuntimeError):
-                await self.send({"type": "websocket.close", "code": 1013, "reason": "backend unavailable"})
-        return 1013
+                await self.send(
+                    {
+                        "type": "websocket.close",
+                        "code": CloseCode.TRY_AGAIN_LATER,
+                        "reason": "backend unavailable",
+                    }
+                )
+        return CloseCode.TRY_AGAIN_LATER
 
     async def _fail(self, where: str, exc: BaseException | None = None) -> int:
         """Log a fault in user code and close the socket with 1011."""
@@ -864,8 +890,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
         state = self.websocket.application_state
         if state != WebSocketState.DISCONNECTED and self._sent_close is None:
             with contextlib.suppress(OSError, RuntimeError):  # the peer may be gone already
-                await self.send({"type": "websocket.close", "code": 1011, "reason": ""})
-        return 1011
+                await self.send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR, "reason": ""})
+        return CloseCode.INTERNAL_ERROR
 
     async def _cleanup(self, websocket: WebSocket, close_code: int) -> None:
         if self._admitted:

@@ -16,6 +16,8 @@ code: the endpoint answers them on the wire with an error frame or a close code.
 
 from __future__ import annotations
 
+from rtkit.status import CloseCode
+
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
@@ -72,8 +74,8 @@ class HandshakeRefusedError(RtkitError):
 def refusal_close_code(status: int) -> int:
     """The close code that stands for a refusal's HTTP ``status`` where no response can be sent."""
     if status == 503:
-        return 1013
-    return 1011 if status >= 500 else 1008
+        return CloseCode.TRY_AGAIN_LATER
+    return CloseCode.INTERNAL_ERROR if status >= 500 else CloseCode.POLICY_VIOLATION
 
 
 class BackendError(RtkitError):

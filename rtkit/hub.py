@@ -1,6 +1,6 @@
 """The hub: channel subscriptions, encode-once fan-out to local subscribers, and counters.
 
-Data path: ``publish`` encodes a message to JSON once, prefixes the publisher's token (so a
+Data path: ``publish`` encodes a message to JSON once, prefixes the publisher's id (so a
 sender can be left out of its own fan-out, even across processes) and hands the bytes to the
 backend. The backend delivers them to every subscribed hub, and each hub builds one ``Frame``
 and offers it to each local subscriber's outbox. Offering never awaits: a full outbox answers
@@ -27,18 +27,18 @@ from rtkit.frame import Frame
 from rtkit.messages import Event
 from rtkit.metrics import Metrics
 
-__all__ = ["Hub", "Subscriber", "new_token"]
+__all__ = ["Hub", "Subscriber", "new_subscriber_id"]
 
 logger = logging.getLogger("rtkit")
-_TOKEN_BYTES = 8
-_NO_ORIGIN = bytes(_TOKEN_BYTES)
-# A random high half per process keeps tokens from two processes apart; the counter keeps
+_ID_BYTES = 8
+_NO_ORIGIN = bytes(_ID_BYTES)
+# A random high half per process keeps subscriber ids of two processes apart; the counter keeps
 # them apart within one.
 _PROCESS_PREFIX = secrets.randbits(31) << 32
 _counter = itertools.count(1)
 
 
-def new_token() -> int:
+def new_subscriber_id() -> int:
     """A subscriber id unique across processes (used to leave a sender out of its own fan-out)."""
     return _PROCESS_PREFIX | (next(_counter) & 0xFFFFFFFF)
 
@@ -47,8 +47,8 @@ class Subscriber(Protocol):
     """What the hub delivers to: in practice, a connected endpoint."""
 
     @property
-    def token(self) -> int:
-        """A unique id from ``new_token()``."""
+    def subscriber_id(self) -> int:
+        """A unique id from ``new_subscriber_id()``."""
 
     def offer(self, frame: Frame) -> bool:
         """Queue ``frame`` without waiting; False if the subscriber's outbox refused it."""
@@ -171,7 +171,7 @@ class Hub:
     ) -> None:
         """Like ``publish``, for a message already encoded as JSON bytes."""
         self._check_started()
-        origin = exclude.token.to_bytes(_TOKEN_BYTES, "big") if exclude is not None else _NO_ORIGIN
+        origin = exclude.subscriber_id.to_bytes(_ID_BYTES, "big") if exclude is not None else _NO_ORIGIN
         await self.backend.publish(channel, origin + payload)
         self.metrics.published += 1
 
@@ -182,10 +182,10 @@ class Hub:
         if state is None or not state.members:
             return
         offers = state.offers
-        # The excluded member is skipped by identity: reading every member's token would touch
+        # The excluded member is skipped by identity: reading every member's id would touch
         # one more object per member, mostly cold in a large room.
-        skip = offers.get(int.from_bytes(data[:_TOKEN_BYTES], "big"))
-        frame = Frame(data[_TOKEN_BYTES:])
+        skip = offers.get(int.from_bytes(data[:_ID_BYTES], "big"))
+        frame = Frame(data[_ID_BYTES:])
         delivered = 0
         members = iter(offers.values())
         while True:
@@ -247,9 +247,9 @@ class Hub:
                 if not state.active:
                     await self.backend.subscribe(channel)
                     state.active = True
-            state.members[subscriber.token] = subscriber
-            state.offers[subscriber.token] = subscriber.offer
-            self._subscriptions.setdefault(subscriber.token, set()).add(channel)
+            state.members[subscriber.subscriber_id] = subscriber
+            state.offers[subscriber.subscriber_id] = subscriber.offer
+            self._subscriptions.setdefault(subscriber.subscriber_id, set()).add(channel)
         finally:
             state.pending -= 1
             # A subscribe that failed or was cancelled before anyone joined leaves no trace.
@@ -260,15 +260,15 @@ class Hub:
     async def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
         """Stop delivering ``channel`` to ``subscriber``; unknown pairs are ignored."""
         self._check_started()
-        channels = self._subscriptions.get(subscriber.token)
+        channels = self._subscriptions.get(subscriber.subscriber_id)
         if channels is not None:
             channels.discard(channel)
             if not channels:
-                del self._subscriptions[subscriber.token]
+                del self._subscriptions[subscriber.subscriber_id]
         state = self._channels.get(channel)
-        if state is None or state.members.pop(subscriber.token, None) is None:
+        if state is None or state.members.pop(subscriber.subscriber_id, None) is None:
             return
-        del state.offers[subscriber.token]
+        del state.offers[subscriber.subscriber_id]
         if not state.members and not state.pending:
             await self._release(channel, state)
 
@@ -282,15 +282,15 @@ class Hub:
         """
         if not self._started:
             return
-        channels = self._subscriptions.pop(subscriber.token, None)
+        channels = self._subscriptions.pop(subscriber.subscriber_id, None)
         if not channels:
             return
         emptied: list[tuple[str, _Channel]] = []
         for channel in channels:
             state = self._channels.get(channel)
-            if state is None or state.members.pop(subscriber.token, None) is None:
+            if state is None or state.members.pop(subscriber.subscriber_id, None) is None:
                 continue
-            del state.offers[subscriber.token]
+            del state.offers[subscriber.subscriber_id]
             if not state.members and not state.pending:
                 emptied.append((channel, state))
         if len(emptied) == 1:
@@ -331,7 +331,7 @@ class Hub:
 
     def channels_of(self, subscriber: Subscriber) -> frozenset[str]:
         """The channels ``subscriber`` is subscribed to."""
-        return frozenset(self._subscriptions.get(subscriber.token, ()))
+        return frozenset(self._subscriptions.get(subscriber.subscriber_id, ()))
 
     @property
     def channel_count(self) -> int:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 import msgspec
 
-from rtkit._outbox import OverflowPolicy
 from rtkit.errors import ConfigurationError
 
-__all__ = ["TOPIC_NAME_RULE", "Limits", "TokenBucket", "topic_name_error"]
+__all__ = ["TOPIC_NAME_RULE", "Limits", "OverflowPolicy", "TokenBucket", "topic_name_error"]
 
 TOPIC_NAME_RULE: Final = "1 to 255 characters among A-Z a-z 0-9 and _ - . : @ /"
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9_\-.:@/]{1,255}")
@@ -42,6 +41,16 @@ def topic_name_error(name: str) -> str | None:
     if _TOPIC_NAME.fullmatch(name):
         return None
     return f"invalid name {name[:40]!r}: use {TOPIC_NAME_RULE}"
+
+
+OverflowPolicy: TypeAlias = Literal["disconnect", "drop_oldest", "drop_newest"]
+"""What a full outbox does with one more frame:
+
+- ``disconnect``: drop everything queued and close the socket with 1013 (try again later);
+- ``drop_oldest``: discard the oldest queued frames until the new one fits (a frame that
+  cannot fit beside a send under way is discarded itself);
+- ``drop_newest``: discard the new frame.
+"""
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

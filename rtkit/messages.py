@@ -7,7 +7,7 @@ request's ``ref`` so that clients can match answers to questions. Fields left at
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -15,7 +15,6 @@ __all__ = [
     "NO_DATA",
     "ChatInbound",
     "Envelope",
-    "ErrorCode",
     "ErrorFrame",
     "Event",
     "Gap",
@@ -38,16 +37,6 @@ __all__ = [
 
 Ref: TypeAlias = str | int | None
 """A client's correlation id: echoed back on every reply to the request that carried it."""
-
-ErrorCode: TypeAlias = Literal[
-    "invalid_message",
-    "forbidden",
-    "rate_limited",
-    "invalid_topic",
-    "limit_exceeded",
-    "unavailable",
-]
-"""The codes an error frame may carry; see the README's table of guards for each one."""
 
 
 class Envelope(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):

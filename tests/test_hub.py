@@ -13,7 +13,7 @@ import pytest
 
 from rtkit import Backend, Frame, Hub, MemoryBackend, NotStartedError
 from rtkit.backends.base import Receiver
-from rtkit.hub import new_token
+from rtkit.hub import new_subscriber_id
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +22,7 @@ class Recorder:
     """A subscriber that keeps what it is offered, and can refuse on demand."""
 
     def __init__(self, *, accept: bool = True) -> None:
-        self.token = new_token()
+        self.subscriber_id = new_subscriber_id()
         self.accept = accept
         self.frames: list[Frame] = []
         self.gaps: list[tuple[str, int]] = []
@@ -377,4 +377,4 @@ def test_frames_convert_to_msgpack_once() -> None:
 
 
 def test_tokens_are_unique() -> None:
-    assert len({new_token() for _ in range(1000)}) == 1000
+    assert len({new_subscriber_id() for _ in range(1000)}) == 1000

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from rtkit import Outbox
+from rtkit._outbox import Outbox
 from rtkit._types import Message
 
 

@@ -992,7 +992,7 @@ async def test_with_the_shortcuts_off_real_clients_are_served_by_uvicorns_code_a
 async def test_rtkits_broadcast_writes_each_member_its_frame_without_awaiting_send(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from rtkit import Outbox
+    from rtkit._outbox import Outbox
     from rtkit.demo import create_app
 
     written: list[str] = []

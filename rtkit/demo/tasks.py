@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from rtkit.errors import BackendUnavailableError, ConfigurationError
 from rtkit.frame import Frame
-from rtkit.hub import Hub, new_token
+from rtkit.hub import Hub, new_subscriber_id
 
 __all__ = [
     "DESCRIPTION_MAX",
@@ -85,7 +85,7 @@ class TaskStore:
         if limit < 1:
             raise ConfigurationError(f"TaskStore: limit must be 1 or more, not {limit}")
         self.limit = limit
-        self.token = new_token()
+        self.subscriber_id = new_subscriber_id()
         self._tasks: OrderedDict[int, Task] = OrderedDict()
         self._decoder = msgspec.json.Decoder(_TaskEvent)
         self._last_id = 0

@@ -15,6 +15,7 @@ from rtkit.errors import HandshakeRefusedError
 from rtkit.frame import Frame
 from rtkit.limits import topic_name_error
 from rtkit.messages import ChatInbound, Gap, Joined, Left, Message, Said, Say, Welcome
+from rtkit.status import ErrorCode
 
 __all__ = ["ChatEndpoint"]
 
@@ -77,14 +78,14 @@ class ChatEndpoint(RealtimeEndpoint):
         if await self.on_authorize("join", self.room):
             await self.join_room()
         else:
-            await self.send_error("forbidden", f"not allowed to join {self.room!r}")
+            await self.send_error(ErrorCode.FORBIDDEN, f"not allowed to join {self.room!r}")
 
     async def join_room(self) -> None:
         """Subscribe to the room, record presence, welcome this client, tell the others."""
         # Subscribe before reading the member list: anyone missing from the list joins later
         # and so is announced to us; `welcome` goes to the front of the queue.
         await self.subscribe(room_channel(self.room, self.namespace))
-        await self.hub.join(room_group(self.room, self.namespace), str(self.token), self.user)
+        await self.hub.join(room_group(self.room, self.namespace), str(self.connection_id), self.user)
         # From here on others may find this member in their `welcome` list, so leaving is
         # announced even if the rest of the join fails: a `left` for a name a client never
         # saw is harmless to it, a member listed and never announced gone would stay forever.
@@ -105,7 +106,7 @@ class ChatEndpoint(RealtimeEndpoint):
     async def on_say(self, websocket: WebSocket, message: Say) -> None:
         """Send ``message`` to the room, and ``said`` to the sender if it gave a ``ref``."""
         if not self._joined:
-            await self.send_error("forbidden", f"not a member of {self.room!r}", ref=message.ref)
+            await self.send_error(ErrorCode.FORBIDDEN, f"not a member of {self.room!r}", ref=message.ref)
             return
         out = Message(room=self.room, user=self.user, text=message.text, ts=time.time())
         await self.publish(room_channel(self.room, self.namespace), out, include_self=self.echo_to_sender)
@@ -116,7 +117,7 @@ class ChatEndpoint(RealtimeEndpoint):
         """Leave the room and tell the others."""
         if self._joined:
             self._joined = False
-            await self.hub.leave(room_group(self.room, self.namespace), str(self.token))
+            await self.hub.leave(room_group(self.room, self.namespace), str(self.connection_id))
             await self.publish(
                 room_channel(self.room, self.namespace),
                 Left(room=self.room, user=self.user),

@@ -25,6 +25,7 @@ from rtkit.messages import (
     Unsubscribe,
     Unsubscribed,
 )
+from rtkit.status import ErrorCode
 
 __all__ = ["TopicEndpoint"]
 
@@ -60,14 +61,14 @@ class TopicEndpoint(RealtimeEndpoint):
         """Whether ``action`` on ``topic`` may go ahead; if not, the error frame is queued."""
         problem = topic_name_error(topic)
         if problem is not None:
-            await self.send_error("invalid_topic", problem, ref=ref)
+            await self.send_error(ErrorCode.INVALID_TOPIC, problem, ref=ref)
             return False
         if action == "subscribe" and topic not in self.topics and len(self.topics) >= self.limits.max_topics:
             limit = self.limits.max_topics
-            await self.send_error("limit_exceeded", f"at most {limit} topics per connection", ref=ref)
+            await self.send_error(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} topics per connection", ref=ref)
             return False
         if not await self.on_authorize(action, topic):
-            await self.send_error("forbidden", f"not allowed to {action} on {topic!r}", ref=ref)
+            await self.send_error(ErrorCode.FORBIDDEN, f"not allowed to {action} on {topic!r}", ref=ref)
             return False
         return True
 
@@ -93,7 +94,7 @@ class TopicEndpoint(RealtimeEndpoint):
         """Unsubscribe, then answer ``unsubscribed``: nothing of the topic follows it."""
         problem = topic_name_error(message.topic)
         if problem is not None:  # it cannot be subscribed either; say so, as subscribe does
-            await self.send_error("invalid_topic", problem, ref=message.ref)
+            await self.send_error(ErrorCode.INVALID_TOPIC, problem, ref=message.ref)
             return
         # Off the list first: the hub has let the socket go even if the backend then fails
         # (BackendUnavailableError), and the topic must not count against max_topics.
@@ -113,7 +114,9 @@ class TopicEndpoint(RealtimeEndpoint):
             try:
                 payload = encode(Event(topic=message.topic, data=msgspec.msgpack.decode(data)))
             except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
-                await self.send_error("invalid_message", f"data has no JSON form: {exc}", ref=message.ref)
+                await self.send_error(
+                    ErrorCode.INVALID_MESSAGE, f"data has no JSON form: {exc}", ref=message.ref
+                )
                 return
             await self.hub.publish_encoded(channel, payload)
         else:
@@ -124,7 +127,7 @@ class TopicEndpoint(RealtimeEndpoint):
                     json_to_msgpack(data)
                 except (msgspec.MsgspecError, OverflowError, RecursionError) as exc:
                     detail = f"data has no MessagePack form: {exc}"
-                    await self.send_error("invalid_message", detail, ref=message.ref)
+                    await self.send_error(ErrorCode.INVALID_MESSAGE, detail, ref=message.ref)
                     return
             await self.publish(channel, Event(topic=message.topic, data=data))
         if message.ref is not None:
