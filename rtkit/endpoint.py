@@ -43,7 +43,7 @@ from rtkit._inbox import Inbox
 from rtkit._line_budget import LineBudget
 from rtkit._outbox import Outbox
 from rtkit._passthrough import unwrap_send
-from rtkit._types import Message, Receive, Scope, Send
+from rtkit._types import Receive, Scope, Send
 from rtkit.auth import BEARER_SUBPROTOCOL, Authenticator, Principal
 from rtkit.channels import check_namespace
 from rtkit.codec import (
@@ -64,9 +64,10 @@ from rtkit.errors import (
 )
 from rtkit.frame import Frame
 from rtkit.hub import Hub, new_subscriber_id
-from rtkit.limits import Limits, TokenBucket
+from rtkit.limits import Limits
 from rtkit.messages import ErrorFrame, Gap, Heartbeat, Ref
 from rtkit.metrics import Metrics
+from rtkit.session.guard import REFUSED, Close, FrameGuard, Reply
 from rtkit.status import CloseCode, ErrorCode
 
 # The ASGI servers whose own OSError subclasses mean "the peer has gone" (uvicorn's
@@ -95,15 +96,11 @@ Handler = Callable[[Any, WebSocket, Any], Awaitable[None]]
 Action: TypeAlias = Literal["subscribe", "publish", "join"]
 """What ``on_authorize`` is asked about."""
 
-_INVALID = object()
 _NON_IDENTIFIER = re.compile(r"\W")
 _HEARTBEAT = Frame(encode(Heartbeat()))
 # How long on_disconnect may take, and then leaving the channels (a deadline each), also while
 # the server shuts down.
 _CLEANUP_TIMEOUT = 5.0
-# What decoding a peer's frame may raise: a frame nested deeper than the interpreter's
-# recursion limit (a few kilobytes of brackets) is bad input like any other.
-_UNDECODABLE = (msgspec.DecodeError, RecursionError)
 _DENIAL_EXTENSION = "websocket.http.response"
 # Every refusal is logged, up to this many lines a second; a flood of refused peers is summed
 # up in the next line written instead of flooding the log.
@@ -238,8 +235,6 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self._last_inbound = time.monotonic()
         self._handling_since: float | None = None
         self._watching = False
-        self._invalid_in_row = 0
-        self._limited_in_row = 0
         self.wire: WireFormat = "json"
         """The connection's wire format, fixed at accept."""
         self.outbox = Outbox(
@@ -267,11 +262,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
         """Who the authenticator said the peer is, or None without an authenticator."""
         self.websocket: WebSocket = WebSocket(scope, receive=receive, send=send)
         """Starlette's view of the connection: headers, cookies, path and query parameters."""
-        rate = effective_limits.rate
-        self._bucket = TokenBucket(rate, effective_limits.burst) if rate is not None else None
         self._task_group: TaskGroup | None = None
         self._close_deadline_set = False
-        self._decode: Callable[[Any], Any] | None = None
         self._sent_close: int | None = None
         self._forced_close: int | None = None
         self._frame_send: Send = send
@@ -742,17 +734,12 @@ class RealtimeEndpoint(WebSocketEndpoint):
         try:
             receive = self.receive
             route = None if self._custom_on_receive else self._routes
-            metrics, outbox, guard = self.metrics, self.outbox, self._guard
+            metrics, outbox = self.metrics, self.outbox
             monotonic = time.monotonic
             codec = self._codec
-            decode = self._decode = codec.decoder(self.wire) if codec is not None else None
-            bucket = self._bucket
-            # A JSON text frame of at most this many characters is within max_message_bytes
-            # whatever it holds (UTF-8 takes at most 4 bytes a character): such a frame, the
-            # common case, is checked and decoded here; anything else goes through `_guard`.
-            quick_chars = -1
-            if decode is not None and self.wire == "json":
-                quick_chars = self.limits.max_message_bytes // 4
+            decode = codec.decoder(self.wire) if codec is not None else None
+            guard = FrameGuard(self.limits, self.wire, decode, now=monotonic())
+            check = guard.check
             while True:
                 inbox = self._inbox
                 message = await receive() if inbox is None else await inbox.get()
@@ -765,24 +752,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 self._last_inbound = now = monotonic()
                 if outbox.closing:
                     continue  # closing: what the peer still sends is not served
-                text = message.get("text")
-                if text is not None and len(text) <= quick_chars:
-                    if bucket is not None:
-                        if not bucket.take(now):
-                            self._rate_limited(bucket, text)
-                            continue
-                        self._limited_in_row = 0  # admitted: refusals are no longer in a row
-                    try:
-                        data = decode(text)  # type: ignore[misc]  # quick_chars < 0 without a decoder
-                    except _UNDECODABLE as exc:
-                        self._undecodable(text, exc)
-                        continue
-                    else:
-                        self._invalid_in_row = 0
-                else:
-                    data = guard(message, now)
-                    if data is _INVALID:
-                        continue
+                data = check(message, now)
+                if data is REFUSED:
+                    self._answer(guard.refusal)
+                    continue
                 self._handling_since = now
                 if not self._watching and self.limits.stall_check_interval is not None:
                     self._start_watch()
@@ -804,65 +777,12 @@ class RealtimeEndpoint(WebSocketEndpoint):
         finally:
             scope.cancel()
 
-    def _guard(self, message: Message, now: float) -> Any:
-        """Size, rate and decoding of one frame: the decoded value, or _INVALID if refused."""
-        text = message.get("text")
-        raw: str | bytes | None = text if text is not None else message.get("bytes")
-        limits = self.limits
-        if raw is not None and len(raw) * (4 if text is not None else 1) > limits.max_message_bytes:
-            size = len(raw.encode()) if isinstance(raw, str) else len(raw)  # exact only when close
-            if size > limits.max_message_bytes:
-                self._request_close(
-                    CloseCode.MESSAGE_TOO_BIG, f"message over {limits.max_message_bytes} bytes"
-                )
-                return _INVALID
-        bucket = self._bucket
-        if bucket is not None:
-            if not bucket.take(now):
-                self._rate_limited(bucket, raw)
-                return _INVALID
-            self._limited_in_row = 0
-        decode = self._decode
-        if decode is None:
-            return raw
-        if raw is None or (text is None) == (self.wire == "json"):
-            expected = "text (JSON)" if self.wire == "json" else "binary (MessagePack)"
-            ref = Codec.probe(raw, self.wire)[1] if raw is not None else None
-            return self._invalid(f"expected {expected} frames on this connection", ref)
-        try:
-            data = decode(raw)
-        except _UNDECODABLE as exc:
-            self._undecodable(raw, exc)
-            return _INVALID
-        self._invalid_in_row = 0
-        return data
-
-    def _rate_limited(self, bucket: TokenBucket, raw: str | bytes | None) -> None:
-        """Answer a frame over the rate: an error frame, or a close after too many in a row.
-
-        The error frame carries the frame's ``ref``, read by a probe: a refused frame is not
-        decoded, but its sender still matches replies by ref.
-        """
-        self._limited_in_row += 1
-        if self._limited_in_row >= self.limits.max_rate_violations:
-            self._request_close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-        else:
-            ref = Codec.probe(raw, self.wire)[1] if raw is not None else None
-            self._queue_error(ErrorCode.RATE_LIMITED, f"over {bucket.rate:g} messages per second", ref)
-
-    def _undecodable(self, raw: str | bytes, exc: Exception) -> None:
-        """Answer a frame the decoder refused with an error frame, unless it is a heartbeat."""
-        kind, ref = Codec.probe(raw, self.wire)
-        if kind != "heartbeat":  # a heartbeat is a sign of life: it reset the idle timer
-            self._invalid(str(exc), ref)
-
-    def _invalid(self, detail: str, ref: Ref) -> object:
-        self._invalid_in_row += 1
-        if self._invalid_in_row >= self.limits.max_invalid_frames:
-            self._request_close(CloseCode.POLICY_VIOLATION, "too many invalid frames")
-        else:
-            self._queue_error(ErrorCode.INVALID_MESSAGE, detail, ref)
-        return _INVALID
+    def _answer(self, refusal: Reply | Close | None) -> None:
+        """Carry out the guard's answer to a refused frame: an error frame, or a close."""
+        if isinstance(refusal, Reply):
+            self._queue_error(refusal.code, refusal.detail, refusal.ref)
+        elif refusal is not None:
+            self._request_close(refusal.code, refusal.reason)
 
     async def _unavailable(self, websocket: WebSocket) -> int:
         """Turn away a connection the backend cannot serve now: 503, or close 1013."""

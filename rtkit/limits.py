@@ -129,11 +129,11 @@ class TokenBucket:
 
     __slots__ = ("_last", "_tokens", "burst", "rate")
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, *, now: float | None = None) -> None:
         self.rate = rate
         self.burst = burst
         self._tokens = float(burst)
-        self._last = time.monotonic()
+        self._last = time.monotonic() if now is None else now
 
     def take(self, now: float | None = None) -> bool:
         """Spend one token if there is one (``now``: ``time.monotonic()``, if the caller has it)."""

@@ -144,35 +144,6 @@ async def test_a_deeply_nested_frame_over_the_rate_gets_rate_limited(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize("padding", [0, 20_000], ids=["short frames", "long frames"])
-async def test_an_admitted_frame_ends_a_run_of_refusals_whatever_its_length(padding: int) -> None:
-    # Short frames are guarded in the receive loop itself, long ones by the general guard:
-    # both must count refusals "in a row" alike. An admitted frame that then fails to decode
-    # still ends the run.
-    pad = " " * padding
-    invalid, valid = "{" + pad, '{"type":"add","a":1,"b":2}' + pad
-    endpoint: list[RealtimeEndpoint] = []
-
-    def a_token() -> None:
-        endpoint[0]._bucket._tokens = 1.0  # type: ignore[union-attr]  # the refill the clock would give
-
-    peer = Peer([invalid, valid, valid, invalid, valid], before={3: a_token})
-
-    class Recorded(ScarceAdder):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            endpoint.append(self)
-
-    await _serve(Recorded, peer)
-    assert _codes(peer.replies()) == [
-        "invalid_message",  # admitted (the token), undecodable
-        "rate_limited",
-        "rate_limited",
-        "invalid_message",  # admitted again: the run of refusals is over
-        "rate_limited",  # the first of a new run, not the third in a row (which closes 1008)
-    ]
-
-
 async def test_echoed_text_is_charged_in_bytes_against_the_outbox() -> None:
     text = "\U0001f600" * 10  # ten characters, forty bytes of UTF-8
     charged: list[int] = []
