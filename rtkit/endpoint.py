@@ -68,6 +68,7 @@ from rtkit.limits import Limits
 from rtkit.messages import ErrorFrame, Gap, Heartbeat, Ref
 from rtkit.metrics import Metrics
 from rtkit.session.guard import REFUSED, Close, FrameGuard, Reply
+from rtkit.session.watchdog import Watchdog
 from rtkit.status import CloseCode, ErrorCode
 
 # The ASGI servers whose own OSError subclasses mean "the peer has gone" (uvicorn's
@@ -663,38 +664,26 @@ class RealtimeEndpoint(WebSocketEndpoint):
 
     async def _watch(self) -> None:
         """Idle timeout, heartbeats, and rescuing the receive loop from a slow handler."""
-        limits = self.limits
-        next_heartbeat = time.monotonic() + (limits.heartbeat_interval or 0.0)
+        monotonic = time.monotonic
+        watchdog = Watchdog(self.limits, now=monotonic())
         while True:
-            now = time.monotonic()
-            wake: list[float] = []
-            if limits.idle_timeout is not None:
-                if self._handling_since is not None:
-                    # A handler is running: the client may be waiting for its answer, and what
-                    # it sends meanwhile is not read yet. Idleness counts from when the handler
-                    # is done, known to within a quarter of the timeout.
-                    self._last_inbound = now
-                    wake.append(now + limits.idle_timeout / 4)
-                else:
-                    idle_at = self._last_inbound + limits.idle_timeout
-                    if now >= idle_at:
-                        self._request_close(CloseCode.GOING_AWAY, "idle timeout")
-                        return
-                    wake.append(idle_at)
-            if limits.heartbeat_interval is not None:
-                if now >= next_heartbeat:
-                    self.send_frame(_HEARTBEAT)
-                    next_heartbeat = now + limits.heartbeat_interval
-                wake.append(next_heartbeat)
-            if limits.stall_check_interval is not None and self._inbox is None:
-                since = self._handling_since
-                if since is not None and now - since >= limits.stall_check_interval:
-                    self._take_over_receiving()
-                else:
-                    wake.append(now + limits.stall_check_interval)
-            if not wake:
+            now = monotonic()
+            tick = watchdog.tick(
+                now,
+                last_inbound=self._last_inbound,
+                handling_since=self._handling_since,
+                reading_taken_over=self._inbox is not None,
+            )
+            if tick.close_idle:
+                self._request_close(CloseCode.GOING_AWAY, "idle timeout")
                 return
-            await anyio.sleep(max(0.0, min(wake) - now))
+            if tick.heartbeat:
+                self.send_frame(_HEARTBEAT)
+            if tick.take_over_reading:
+                self._take_over_receiving()
+            if tick.wake_at is None:
+                return
+            await anyio.sleep(max(0.0, tick.wake_at - now))
 
     def _take_over_receiving(self) -> None:
         # A handler has been running for a while. The server stops reading the socket while a
