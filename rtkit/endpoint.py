@@ -67,6 +67,7 @@ from rtkit.hub import Hub, new_subscriber_id
 from rtkit.limits import Limits
 from rtkit.messages import ErrorFrame, Gap, Heartbeat, Ref
 from rtkit.metrics import Metrics
+from rtkit.session.closing import Closing, Stage
 from rtkit.session.guard import REFUSED, Close, FrameGuard, Reply
 from rtkit.session.watchdog import Watchdog
 from rtkit.status import CloseCode, ErrorCode
@@ -264,14 +265,10 @@ class RealtimeEndpoint(WebSocketEndpoint):
         self.websocket: WebSocket = WebSocket(scope, receive=receive, send=send)
         """Starlette's view of the connection: headers, cookies, path and query parameters."""
         self._task_group: TaskGroup | None = None
-        self._close_deadline_set = False
-        self._sent_close: int | None = None
-        self._forced_close: int | None = None
+        self._closing = Closing(effective_limits.slow_close_timeout)
         self._frame_send: Send = send
         self._admitted = False
-        self._refused_with: int | None = None  # the code on_connect closed with, unaccepted
         self._counted_principal: str | None = None  # whose per-principal count holds this one
-        self._peer_left: int | None = None  # the peer's close code, seen while a handler hung
 
     @property
     def subscriber_id(self) -> int:
@@ -423,7 +420,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         500 for 1011) with ``reason`` as the body, where the server can send one.
         """
         if self.websocket.application_state == WebSocketState.CONNECTING:
-            self._refused_with = code
+            self._closing.refuse(code)
             refusal = Refusal("on_connect", _status_for(code), reason or "refused by the server")
             self._log_refusal(refusal)
             await self._deny(refusal, code)
@@ -476,9 +473,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                         CloseCode.POLICY_VIOLATION, "refused by the server"
                     )  # on_connect did not accept
                 self.metrics.refused["on_connect"] += 1
-                close_code = (
-                    self._refused_with if self._refused_with is not None else CloseCode.POLICY_VIOLATION
-                )
+                close_code = self._closing.code or CloseCode.POLICY_VIOLATION
                 return
             self.metrics.connections_accepted += 1
             close_code = await self._serve(websocket)
@@ -598,6 +593,8 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self.outbox.attach(
                 self._frame_send, functools.partial(tg.start_soon, self._write, tg.cancel_scope)
             )
+            if self._closing.stage is Stage.CLOSING:  # asked for before the task group existed
+                self._arm_close_deadline()
             limits = self.limits
             if limits.idle_timeout or limits.heartbeat_interval:
                 self._start_watch()
@@ -610,21 +607,17 @@ class RealtimeEndpoint(WebSocketEndpoint):
             tg.start_soon(self._receive_loop, websocket, outcome, tg.cancel_scope)
         self.outbox.detach()
         self._task_group = None
-        result = (
-            outcome[0] if outcome else self._peer_left if self._peer_left is not None else CloseCode.ABNORMAL
-        )
+        closing = self._closing
+        result = outcome[0] if outcome else closing.ended_with
         if isinstance(result, Exception):
             return await self._fail("a handler", result)
-        if self._sent_close is not None:
-            return self._sent_close
-        if self._forced_close is not None:
-            return self._forced_close
-        return result
+        closing.peer_left(result)  # unless the server's close ended it first
+        return closing.ended_with
 
     async def _write(self, scope: anyio.CancelScope) -> None:
         try:
             code, _ = await self.outbox.drain(self._frame_send)
-            self._sent_close = code
+            self._closing.sent(code)
         except (OSError, WebSocketDisconnect):
             pass  # the peer is gone; the receive loop learns it from the server
         except RuntimeError as exc:
@@ -636,26 +629,28 @@ class RealtimeEndpoint(WebSocketEndpoint):
 
     def _request_close(self, code: int, reason: str) -> None:
         """Close after what is queued; if the peer does not take it in time, let it go."""
-        self.outbox.close(code, reason)
-        self._set_close_deadline(code)
+        if self._closing.start(code, reason, time.monotonic()):
+            self.outbox.close(code, reason)
+            self._arm_close_deadline()
 
     def _on_overflow(self) -> None:
-        self._set_close_deadline(CloseCode.TRY_AGAIN_LATER)
+        # The outbox closes the socket itself (1013); the deadline is the endpoint's.
+        if self._closing.start(CloseCode.TRY_AGAIN_LATER, "slow consumer", time.monotonic()):
+            self._arm_close_deadline()
 
-    def _set_close_deadline(self, code: int) -> None:
-        if self._close_deadline_set or self._task_group is None:
-            return
-        self._close_deadline_set = True
-        self._task_group.start_soon(self._enforce_close, code)
+    def _arm_close_deadline(self) -> None:
+        if self._task_group is not None:  # else _serve arms it when it starts
+            self._task_group.start_soon(self._enforce_close)
 
-    async def _enforce_close(self, code: int) -> None:
+    async def _enforce_close(self) -> None:
         # A peer that stopped reading blocks the writer inside `send`, so its close frame can
         # never go out: after the grace period the connection is ended without it. What stays
         # buffered is bounded by the server's transport buffer.
-        await anyio.sleep(self.limits.slow_close_timeout)
-        if self._sent_close is None and self._task_group is not None:
-            self._forced_close = code
-            self._task_group.cancel_scope.cancel()
+        closing = self._closing
+        while closing.deadline is not None:
+            await anyio.sleep(max(0.0, closing.deadline - time.monotonic()))
+            if closing.expire(time.monotonic()) and self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
 
     def _start_watch(self) -> None:
         if not self._watching and self._task_group is not None:
@@ -707,7 +702,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                     # because one ran for long): its answer has nobody to go to, and waiting
                     # for it would hold the connection, its channels and its counts for as
                     # long as it hangs. The connection ends now; on_disconnect runs as usual.
-                    self._peer_left = int(message.get("code", CloseCode.NO_STATUS))
+                    self._closing.peer_left(int(message.get("code", CloseCode.NO_STATUS)))
                     self._task_group.cancel_scope.cancel()
                 return
 
@@ -777,7 +772,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         """Turn away a connection the backend cannot serve now: 503, or close 1013."""
         if websocket.application_state == WebSocketState.CONNECTING:
             await self._refuse(Refusal("unavailable", 503, "backend unavailable"))
-        elif self._sent_close is None:
+        elif not self._closing.close_sent:
             with contextlib.suppress(OSError, RuntimeError):
                 await self.send(
                     {
@@ -797,7 +792,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
             exc_info=exc if exc is not None else True,
         )
         state = self.websocket.application_state
-        if state != WebSocketState.DISCONNECTED and self._sent_close is None:
+        if state != WebSocketState.DISCONNECTED and not self._closing.close_sent:
             with contextlib.suppress(OSError, RuntimeError):  # the peer may be gone already
                 await self.send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR, "reason": ""})
         return CloseCode.INTERNAL_ERROR
