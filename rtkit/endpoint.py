@@ -332,7 +332,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
         Called by the hub, in the event loop; it must only queue (never await). The default
         sends ``{"type": "gap", "channel": channel, "missed": missed}``.
         """
-        self.send_frame(Frame(encode(Gap(channel=channel, missed=missed))))
+        self.queue_frame(Frame(encode(Gap(channel=channel, missed=missed))))
 
     # -- operations for subclasses ----------------------------------------------------------
 
@@ -359,21 +359,40 @@ class RealtimeEndpoint(WebSocketEndpoint):
             self.websocket.application_state = WebSocketState.DISCONNECTED
             raise WebSocketDisconnect(CloseCode.ABNORMAL) from exc
 
-    async def send_message(self, message: Any) -> None:
+    def queue_message(self, message: Any) -> bool:
         """Queue ``message`` (a Struct or any msgspec-encodable value) for this socket.
 
-        Returns at once: it is sent after everything queued before it.
+        Never waits: the frame goes out at once when the socket can take it and nothing is
+        queued ahead of it, else after everything queued before it. False if the outbox
+        refused it (full under ``drop_newest``, or closing).
         """
         payload = encode_json(message)
         if self.wire != "json":
-            self.send_frame(Frame(payload))
-            return
+            return self.queue_frame(Frame(payload))
         # The common case, kept short (a reply is hot): no Frame.
-        self.outbox.put({"type": "websocket.send", "text": payload.decode()}, len(payload))
+        return self.outbox.put({"type": "websocket.send", "text": payload.decode()}, len(payload))
 
-    def send_frame(self, frame: Frame) -> bool:
-        """Queue an already encoded ``Frame``; False if the outbox refused it."""
-        return self._queue(frame.event(self.wire), frame.size)
+    def queue_frame(self, frame: Frame, *, first: bool = False) -> bool:
+        """Queue an already encoded ``Frame`` (encoded once, for any number of sockets).
+
+        With ``first``, it goes out before everything still queued (a ``welcome`` that must
+        come before the room's traffic). Never waits; False if the outbox refused it.
+        """
+        event = frame.event(self.wire)
+        if first:
+            return self.outbox.put_front(event, frame.size)
+        return self._queue(event, frame.size)
+
+    def queue_raw(self, data: str | bytes) -> bool:
+        """Queue a frame as it is: ``str`` as a text frame, ``bytes`` as a binary one.
+
+        For endpoints without an ``inbound`` type (an echo, a proxy). Never waits; False if
+        the outbox refused it.
+        """
+        if isinstance(data, str):
+            # Charged in bytes, as every frame is: a character may take up to four.
+            return self._queue({"type": "websocket.send", "text": data}, len(data.encode()))
+        return self._queue({"type": "websocket.send", "bytes": data}, len(data))
 
     @property
     def offer(self) -> Callable[[Frame], bool]:
@@ -404,14 +423,12 @@ class RealtimeEndpoint(WebSocketEndpoint):
         # and then awaits (progress reports, say) must not hold its frames until it returns.
         return self.outbox.put(event, size)
 
-    async def send_error(self, code: ErrorCode | str, detail: str, *, ref: Ref = None) -> None:
-        """Answer the peer with an error frame; the connection stays open."""
-        self._queue_error(code, detail, ref)
-
-    def _queue_error(self, code: ErrorCode | str, detail: str, ref: Ref) -> None:
+    def queue_error(self, code: ErrorCode | str, detail: str, *, ref: Ref = None) -> bool:
+        """Queue an error frame ``{"type": "error", "code", "detail", "ref"}`` for the peer;
+        the connection stays open. Never waits; counted in ``metrics.errors``."""
         code = str(code)  # the counters are keyed by the plain string
         self.metrics.errors[code] += 1
-        self.send_frame(Frame(encode(ErrorFrame(code=code, detail=detail, ref=ref))))
+        return self.queue_frame(Frame(encode(ErrorFrame(code=code, detail=detail, ref=ref))))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection after the frames already queued have been sent.
@@ -673,7 +690,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                 self._request_close(CloseCode.GOING_AWAY, "idle timeout")
                 return
             if tick.heartbeat:
-                self.send_frame(_HEARTBEAT)
+                self.queue_frame(_HEARTBEAT)
             if tick.take_over_reading:
                 self._take_over_receiving()
             if tick.wake_at is None:
@@ -751,7 +768,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
                         await self.on_receive(websocket, data)
                 except BackendUnavailableError as exc:
                     # The request could not be carried out now; the client may retry it.
-                    self._queue_error(ErrorCode.UNAVAILABLE, str(exc), getattr(data, "ref", None))
+                    self.queue_error(ErrorCode.UNAVAILABLE, str(exc), ref=getattr(data, "ref", None))
                 finally:
                     self._handling_since = None
         except WebSocketDisconnect as exc:  # user code sent to a socket that had gone
@@ -764,7 +781,7 @@ class RealtimeEndpoint(WebSocketEndpoint):
     def _answer(self, refusal: Reply | Close | None) -> None:
         """Carry out the guard's answer to a refused frame: an error frame, or a close."""
         if isinstance(refusal, Reply):
-            self._queue_error(refusal.code, refusal.detail, refusal.ref)
+            self.queue_error(refusal.code, refusal.detail, ref=refusal.ref)
         elif refusal is not None:
             self._request_close(refusal.code, refusal.reason)
 

@@ -40,7 +40,7 @@ class Auditing(RealtimeEndpoint):
         await super().on_receive(websocket, data)
 
     async def on_ping(self, websocket: WebSocket, message: Ping) -> None:
-        await self.send_message({"type": "pong"})
+        self.queue_message({"type": "pong"})
 
     async def on_gone(self, websocket: WebSocket, message: Gone) -> None:
         # User code that writes to the socket directly, after the peer went away.

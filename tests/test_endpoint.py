@@ -42,13 +42,13 @@ class Calculator(RealtimeEndpoint):
     inbound = Add | Boom | Note
 
     async def on_add(self, websocket: WebSocket, message: Add) -> None:
-        await self.send_message({"type": "sum", "value": message.a + message.b, "ref": message.ref})
+        self.queue_message({"type": "sum", "value": message.a + message.b, "ref": message.ref})
 
     async def on_boom(self, websocket: WebSocket, message: Boom) -> None:
         raise RuntimeError("handler fault")
 
     async def on_message(self, websocket: WebSocket, message: Any) -> None:
-        await self.send_message({"type": "other", "kind": type(message).__name__})
+        self.queue_message({"type": "other", "kind": type(message).__name__})
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         events.append(("disconnect", close_code))
@@ -66,7 +66,7 @@ class Handshake(RealtimeEndpoint):
 
     async def on_connect(self, websocket: WebSocket) -> None:
         await self.accept(headers=[(b"x-served-by", b"rtkit")])
-        await self.send_message(
+        self.queue_message(
             {
                 "room": self.params.room,
                 "limit": self.params.limit,
@@ -110,8 +110,8 @@ class Closer(RealtimeEndpoint):
     inbound = Add
 
     async def on_add(self, websocket: WebSocket, message: Add) -> None:
-        await self.send_message({"n": 1})
-        await self.send_message({"n": 2})
+        self.queue_message({"n": 1})
+        self.queue_message({"n": 2})
         await self.close(4001, "done")
 
 
@@ -121,7 +121,7 @@ class RawReceiver(RealtimeEndpoint):
     inbound = dict[str, int]
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
-        await self.send_message({"total": sum(data.values())})
+        self.queue_message({"total": sum(data.values())})
 
 
 class NeedsHub(RealtimeEndpoint):

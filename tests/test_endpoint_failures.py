@@ -152,7 +152,7 @@ class SlowStart(RealtimeEndpoint):
         await anyio.sleep(0.4)  # joining a room on a remote backend, say
 
     async def on_work(self, websocket: WebSocket, message: Work) -> None:
-        await self.send_message({"type": "done"})
+        self.queue_message({"type": "done"})
         await self.close(1000)
 
 

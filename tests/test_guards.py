@@ -60,7 +60,7 @@ class Slow(RealtimeEndpoint):
 
     async def on_work(self, websocket: WebSocket, message: Work) -> None:
         await anyio.sleep(message.seconds)
-        await self.send_message({"type": "done", "n": message.n})
+        self.queue_message({"type": "done", "n": message.n})
 
 
 hub = Hub()

@@ -36,7 +36,7 @@ class Adder(RealtimeEndpoint):
     limits = Limits(rate=None)
 
     async def on_add(self, websocket: WebSocket, message: Add) -> None:
-        await self.send_message({"type": "sum", "value": message.a + message.b, "ref": message.ref})
+        self.queue_message({"type": "sum", "value": message.a + message.b, "ref": message.ref})
 
 
 class ScarceAdder(Adder):
@@ -174,7 +174,7 @@ class SlowWorker(RealtimeEndpoint):
     async def on_work(self, websocket: WebSocket, message: Work) -> None:
         await anyio.sleep(message.seconds)  # the work itself takes this long
         self.finished.append(anyio.current_time())
-        await self.send_message({"type": "done"})
+        self.queue_message({"type": "done"})
 
 
 async def test_a_client_waiting_for_a_slow_handler_is_not_idle() -> None:
@@ -199,9 +199,9 @@ class Progress(RealtimeEndpoint):
     seen_started: ClassVar[anyio.Event]
 
     async def on_step(self, websocket: WebSocket, message: Step) -> None:
-        await self.send_message({"type": "started"})
+        self.queue_message({"type": "started"})
         await self.seen_started.wait()  # only the frame above, sent already, can end this
-        await self.send_message({"type": "done"})
+        self.queue_message({"type": "done"})
 
 
 async def test_a_frame_a_handler_sends_goes_out_before_the_handler_returns() -> None:

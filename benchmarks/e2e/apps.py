@@ -243,7 +243,7 @@ class TypedEcho(RealtimeEndpoint):
 
     async def on_say(self, websocket: WebSocket, message: Say) -> None:
         """Send the message back to its sender."""
-        await self.send_message(message)
+        self.queue_message(message)
 
 
 def _rtkit_router(hub: Any = None) -> RealtimeRouter:

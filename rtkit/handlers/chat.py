@@ -78,7 +78,7 @@ class ChatEndpoint(RealtimeEndpoint):
         if await self.on_authorize("join", self.room):
             await self.join_room()
         else:
-            await self.send_error(ErrorCode.FORBIDDEN, f"not allowed to join {self.room!r}")
+            self.queue_error(ErrorCode.FORBIDDEN, f"not allowed to join {self.room!r}")
 
     async def join_room(self) -> None:
         """Subscribe to the room, record presence, welcome this client, tell the others."""
@@ -92,7 +92,7 @@ class ChatEndpoint(RealtimeEndpoint):
         self._joined = True
         members = await self.hub.members(room_group(self.room, self.namespace))
         welcome = Frame(encode(Welcome(room=self.room, user=self.user, members=members)))
-        self.outbox.put_front(welcome.event(self.wire), welcome.size)
+        self.queue_frame(welcome, first=True)
         await self.publish(
             room_channel(self.room, self.namespace),
             Joined(room=self.room, user=self.user),
@@ -101,17 +101,17 @@ class ChatEndpoint(RealtimeEndpoint):
 
     def on_gap(self, channel: str, missed: int) -> None:
         """Tell the client ``{"type": "gap", "room": R, "missed": N}``."""
-        self.send_frame(Frame(encode(Gap(room=self.room, missed=missed))))
+        self.queue_frame(Frame(encode(Gap(room=self.room, missed=missed))))
 
     async def on_say(self, websocket: WebSocket, message: Say) -> None:
         """Send ``message`` to the room, and ``said`` to the sender if it gave a ``ref``."""
         if not self._joined:
-            await self.send_error(ErrorCode.FORBIDDEN, f"not a member of {self.room!r}", ref=message.ref)
+            self.queue_error(ErrorCode.FORBIDDEN, f"not a member of {self.room!r}", ref=message.ref)
             return
         out = Message(room=self.room, user=self.user, text=message.text, ts=time.time())
         await self.publish(room_channel(self.room, self.namespace), out, include_self=self.echo_to_sender)
         if message.ref is not None:
-            await self.send_message(Said(room=self.room, ref=message.ref))
+            self.queue_message(Said(room=self.room, ref=message.ref))
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room and tell the others."""

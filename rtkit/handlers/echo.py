@@ -19,8 +19,4 @@ class EchoEndpoint(RealtimeEndpoint):
 
     async def on_receive(self, websocket: WebSocket, data: str | bytes) -> None:
         """Queue the frame back to the sender."""
-        if isinstance(data, str):
-            # Charged in bytes, as every frame is: a character may take up to four.
-            self._queue({"type": "websocket.send", "text": data}, len(data.encode()))
-        else:
-            self._queue({"type": "websocket.send", "bytes": data}, len(data))
+        self.queue_raw(data)

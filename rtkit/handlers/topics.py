@@ -61,14 +61,14 @@ class TopicEndpoint(RealtimeEndpoint):
         """Whether ``action`` on ``topic`` may go ahead; if not, the error frame is queued."""
         problem = topic_name_error(topic)
         if problem is not None:
-            await self.send_error(ErrorCode.INVALID_TOPIC, problem, ref=ref)
+            self.queue_error(ErrorCode.INVALID_TOPIC, problem, ref=ref)
             return False
         if action == "subscribe" and topic not in self.topics and len(self.topics) >= self.limits.max_topics:
             limit = self.limits.max_topics
-            await self.send_error(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} topics per connection", ref=ref)
+            self.queue_error(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} topics per connection", ref=ref)
             return False
         if not await self.on_authorize(action, topic):
-            await self.send_error(ErrorCode.FORBIDDEN, f"not allowed to {action} on {topic!r}", ref=ref)
+            self.queue_error(ErrorCode.FORBIDDEN, f"not allowed to {action} on {topic!r}", ref=ref)
             return False
         return True
 
@@ -79,12 +79,12 @@ class TopicEndpoint(RealtimeEndpoint):
         await self.subscribe(topic_channel(topic, self.namespace))
         self.topics.add(topic)
         if reply:
-            await self.send_message(Subscribed(topic=topic, ref=ref))
+            self.queue_message(Subscribed(topic=topic, ref=ref))
 
     def on_gap(self, channel: str, missed: int) -> None:
         """Tell the client ``{"type": "gap", "topic": T, "missed": N}``."""
         topic = channel.removeprefix(topic_channel("", self.namespace))
-        self.send_frame(Frame(encode(Gap(topic=topic, missed=missed))))
+        self.queue_frame(Frame(encode(Gap(topic=topic, missed=missed))))
 
     async def on_subscribe(self, websocket: WebSocket, message: Subscribe) -> None:
         """Subscribe, then answer ``subscribed``."""
@@ -94,13 +94,13 @@ class TopicEndpoint(RealtimeEndpoint):
         """Unsubscribe, then answer ``unsubscribed``: nothing of the topic follows it."""
         problem = topic_name_error(message.topic)
         if problem is not None:  # it cannot be subscribed either; say so, as subscribe does
-            await self.send_error(ErrorCode.INVALID_TOPIC, problem, ref=message.ref)
+            self.queue_error(ErrorCode.INVALID_TOPIC, problem, ref=message.ref)
             return
         # Off the list first: the hub has let the socket go even if the backend then fails
         # (BackendUnavailableError), and the topic must not count against max_topics.
         self.topics.discard(message.topic)
         await self.unsubscribe(topic_channel(message.topic, self.namespace))
-        await self.send_message(Unsubscribed(topic=message.topic, ref=message.ref))
+        self.queue_message(Unsubscribed(topic=message.topic, ref=message.ref))
 
     async def on_publish(self, websocket: WebSocket, message: Publish) -> None:
         """Deliver ``event`` to the topic's subscribers; answer ``published`` if given a ``ref``."""
@@ -114,9 +114,7 @@ class TopicEndpoint(RealtimeEndpoint):
             try:
                 payload = encode(Event(topic=message.topic, data=msgspec.msgpack.decode(data)))
             except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
-                await self.send_error(
-                    ErrorCode.INVALID_MESSAGE, f"data has no JSON form: {exc}", ref=message.ref
-                )
+                self.queue_error(ErrorCode.INVALID_MESSAGE, f"data has no JSON form: {exc}", ref=message.ref)
                 return
             await self.hub.publish_encoded(channel, payload)
         else:
@@ -127,8 +125,8 @@ class TopicEndpoint(RealtimeEndpoint):
                     json_to_msgpack(data)
                 except (msgspec.MsgspecError, OverflowError, RecursionError) as exc:
                     detail = f"data has no MessagePack form: {exc}"
-                    await self.send_error(ErrorCode.INVALID_MESSAGE, detail, ref=message.ref)
+                    self.queue_error(ErrorCode.INVALID_MESSAGE, detail, ref=message.ref)
                     return
             await self.publish(channel, Event(topic=message.topic, data=data))
         if message.ref is not None:
-            await self.send_message(Published(topic=message.topic, ref=message.ref))
+            self.queue_message(Published(topic=message.topic, ref=message.ref))
