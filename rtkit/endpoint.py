@@ -8,11 +8,14 @@ One instance serves one connection, as in Starlette. The life of a connection:
    answers HTTP 403 or 503 with its reason as the body, and logs one WARNING line;
 2. ``on_connect`` runs; the default accepts, choosing MessagePack when the client offers the
    ``rtkit.msgpack`` subprotocol; returning without accepting refuses the socket;
-3. the receive loop, in a task of its own, guards each frame (size, rate), decodes it to
-   ``inbound`` and calls ``on_<type>`` (or ``on_message``) through ``on_receive``; a bad frame
-   gets an error frame and the socket stays. Frames for the socket are sent at once when it
-   can take them (see ``rtkit._outbox``); a writer task, started when first needed, sends
-   the ones that have to wait;
+3. the receive loop, in a task of its own, hands each frame to the guard
+   (``rtkit.session.guard``: size, rate, decoding to ``inbound``, as pure code) and calls
+   ``on_<type>`` (or ``on_message``) through ``on_receive``; a bad frame gets an error frame
+   and the socket stays. Frames for the socket (``queue_message`` and its kin, which never
+   wait) are sent at once when it can take them (see ``rtkit._outbox``); a writer task,
+   started when first needed, sends the ones that have to wait. The watch task follows the
+   deadlines ``rtkit.session.watchdog`` computes (idle timeout, heartbeats, a stalled
+   handler), and ``rtkit.session.closing`` keeps who closes, with which code, by when;
 4. ``on_disconnect`` runs once, whatever ended the connection (for at most 5 s, then it is
    cancelled), and the connection leaves every hub channel it had joined, in any case.
 

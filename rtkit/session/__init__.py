@@ -1,5 +1,9 @@
-"""The engine of one connection, in parts that each do one job.
+"""The engine of one connection, in parts that each do one job and decide without I/O.
 
-``guard`` decides what a received frame gets (pure: it takes the frame and the time, and does
-no I/O); the endpoint's receive loop carries its verdicts out.
+- ``guard``: what a received frame gets (its decoded value, an error frame, or a close);
+- ``watchdog``: what is due when (the idle timeout, heartbeats, rescuing a stalled handler);
+- ``closing``: who closes the connection, with which code, and by when.
+
+Each takes the time as an argument and touches no socket, so tests feed it inputs and times;
+``rtkit.endpoint`` carries out what they decide.
 """
