@@ -12,7 +12,7 @@ whose code is Starlette's own, with the shape read here when this module is impo
 through; any other wrapper (a user's middleware, a future Starlette) is called as it is.
 
 Under that, a server's ``send`` is a coroutine function: each frame costs a coroutine, and the
-outbox runs it in a driver (see ``rtkit._outbox``). rtkit's own uvicorn protocol also offers
+outbox runs it in a driver (see ``rtkit.session.outbox``). rtkit's own uvicorn protocol also offers
 ``write_now(event) -> bool``, which writes a frame the socket can take at once without any of
 that. ``write_now_of`` finds it, only for that protocol's own ``send`` (not a subclass's
 override, not a wrapper).

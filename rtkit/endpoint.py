@@ -12,7 +12,7 @@ One instance serves one connection, as in Starlette. The life of a connection:
    (``rtkit.session.guard``: size, rate, decoding to ``inbound``, as pure code) and calls
    ``on_<type>`` (or ``on_message``) through ``on_receive``; a bad frame gets an error frame
    and the socket stays. Frames for the socket (``queue_message`` and its kin, which never
-   wait) are sent at once when it can take them (see ``rtkit._outbox``); a writer task,
+   wait) are sent at once when it can take them (see ``rtkit.session.outbox``); a writer task,
    started when first needed, sends the ones that have to wait. The watch task follows the
    deadlines ``rtkit.session.watchdog`` computes (idle timeout, heartbeats, a stalled
    handler), and ``rtkit.session.closing`` keeps who closes, with which code, by when;
@@ -42,9 +42,7 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from rtkit._inbox import Inbox
 from rtkit._line_budget import LineBudget
-from rtkit._outbox import Outbox
 from rtkit._passthrough import unwrap_send
 from rtkit._types import Receive, Scope, Send
 from rtkit.auth import BEARER_SUBPROTOCOL, Authenticator, Principal
@@ -72,6 +70,8 @@ from rtkit.messages import ErrorFrame, Gap, Heartbeat, Ref
 from rtkit.metrics import Metrics
 from rtkit.session.closing import Closing, Stage
 from rtkit.session.guard import REFUSED, Close, FrameGuard, Reply
+from rtkit.session.inbox import Inbox
+from rtkit.session.outbox import Outbox
 from rtkit.session.watchdog import Watchdog
 from rtkit.status import CloseCode, ErrorCode
 

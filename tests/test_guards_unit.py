@@ -26,12 +26,12 @@ from rtkit import (
     Principal,
     RealtimeRouter,
 )
-from rtkit._inbox import Inbox
 from rtkit._types import Receive, Scope, Send
 from rtkit.auth import bearer_token, create_token
 from rtkit.cli import build_parser, limits_from, main
 from rtkit.errors import HandshakeRefusedError
 from rtkit.limits import TokenBucket, topic_name_error
+from rtkit.session.inbox import Inbox
 
 SECRET = "unit-test-secret-with-32-bytes-or-more"
 

@@ -8,8 +8,8 @@ from typing import Any
 import anyio
 import pytest
 
-from rtkit._outbox import Outbox
 from rtkit._types import Message
+from rtkit.session.outbox import Outbox
 
 
 def event(n: int) -> dict[str, Any]:

@@ -992,8 +992,8 @@ async def test_with_the_shortcuts_off_real_clients_are_served_by_uvicorns_code_a
 async def test_rtkits_broadcast_writes_each_member_its_frame_without_awaiting_send(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from rtkit._outbox import Outbox
     from rtkit.demo import create_app
+    from rtkit.session.outbox import Outbox
 
     written: list[str] = []
     write_now = FastWebSocketProtocol.write_now

@@ -10,7 +10,7 @@ so tests feed it times instead of waiting for them.
   within a quarter of the timeout.
 - **Heartbeats**: one every ``heartbeat_interval``.
 - **Stalled handler**: a handler running for ``stall_check_interval`` gets the socket read for
-  it (see ``rtkit._inbox``), once.
+  it (see ``rtkit.session.inbox``), once.
 """
 
 from __future__ import annotations
